@@ -1,0 +1,1 @@
+"""Benchmark tooling for dagster-watcher (project generators, harness)."""

@@ -1,0 +1,60 @@
+"""``@dbt_watcher_assets``: dagster-dbt's ``@dbt_assets`` definition (same asset keys, groups, checks,
+dependencies, subsetting) for a producer that streams one ``dbt build`` through ``DbtWatcherResource``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dagster import AssetsDefinition, BackfillPolicy, PartitionsDefinition, RetryPolicy
+from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
+
+#: Op tag that marks a dagster-watcher producer (consumer sensors and retries look for it).
+WATCHER_PRODUCER_TAG = "dagster_watcher/producer"
+
+
+def dbt_watcher_assets(
+    *,
+    manifest: Mapping[str, Any] | str | Path,
+    project: DbtProject | None = None,
+    select: str = "fqn:*",
+    exclude: str | None = None,
+    selector: str | None = None,
+    name: str | None = None,
+    dagster_dbt_translator: DagsterDbtTranslator | None = None,
+    partitions_def: PartitionsDefinition | None = None,
+    backfill_policy: BackfillPolicy | None = None,
+    op_tags: Mapping[str, Any] | None = None,
+    retry_policy: RetryPolicy | None = None,
+    pool: str | None = None,
+) -> Callable[[Callable[..., Any]], AssetsDefinition]:
+    """Define one asset per dbt model/seed/snapshot and one asset check per dbt test, computed by a
+    single ``dbt build`` whose node outcomes are written to Dagster as they finish.
+
+    Takes the same arguments as dagster-dbt's ``@dbt_assets`` and produces the same asset keys, so
+    switching is one import. The body runs the build::
+
+        @dbt_watcher_assets(manifest=my_project.manifest_path, project=my_project)
+        def my_dbt(context: AssetExecutionContext, dbt_watcher: DbtWatcherResource):
+            yield from dbt_watcher.build(context)
+    """
+    tags = {WATCHER_PRODUCER_TAG: "true", **(op_tags or {})}
+
+    def decorator(fn: Callable[..., Any]) -> AssetsDefinition:
+        return dbt_assets(
+            manifest=manifest,
+            project=project,
+            select=select,
+            exclude=exclude,
+            selector=selector,
+            name=name,
+            dagster_dbt_translator=dagster_dbt_translator,
+            partitions_def=partitions_def,
+            backfill_policy=backfill_policy,
+            op_tags=tags,
+            retry_policy=retry_policy,
+            pool=pool,
+        )(fn)
+
+    return decorator

@@ -1,0 +1,127 @@
+"""Dagster-event mapping: one :class:`~dagster_watcher.events.NodeResult` -> at most one durable Dagster
+event. This module knows Dagster, not dbt's event format.
+
+- model/seed/snapshot succeeded -> ``Output`` (stored as the asset's materialization)
+- test with an asset check -> ``AssetCheckResult`` (passed, severity, failure count)
+- model/seed/snapshot failed, skipped because an upstream failed, or lost -> ``AssetObservation``
+  carrying dbt's error text (or the failed upstream), so the outcome of *that* asset is in the event
+  log where the UI and the consumer sensors look for it (OSS storage drops
+  ``ASSET_FAILED_TO_MATERIALIZE`` events, so an observation is the durable record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    AssetObservation,
+    MetadataValue,
+    Output,
+)
+
+from .events import NodeResult, NodeStatus
+
+#: Metadata keys the producer writes and the consumers read. One place, so both sides agree.
+WATCHER_STATUS_KEY = "dagster_watcher/status"
+WATCHER_ERROR_KEY = "dagster_watcher/error"
+WATCHER_SKIPPED_BECAUSE_KEY = "dagster_watcher/skipped_because"
+UNIQUE_ID_KEY = "unique_id"
+
+DagsterNodeEvent = Output[None] | AssetCheckResult | AssetObservation
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """Where a dbt node's outcome goes in Dagster."""
+
+    unique_id: str
+    asset_key: AssetKey | None = None
+    output_name: str | None = None
+    check_key: AssetCheckKey | None = None
+    check_severity: str = "error"
+
+
+def _common_metadata(result: NodeResult) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        UNIQUE_ID_KEY: result.unique_id,
+        "dbt_status": result.dbt_status,
+        WATCHER_STATUS_KEY: result.status.value,
+    }
+    if result.invocation_id:
+        metadata["invocation_id"] = result.invocation_id
+    if result.execution_time is not None:
+        metadata["execution_duration"] = MetadataValue.float(float(result.execution_time))
+    if result.started_at is not None:
+        metadata["started_at"] = result.started_at.isoformat()
+    if result.completed_at is not None:
+        metadata["completed_at"] = result.completed_at.isoformat()
+    return metadata
+
+
+def _success_metadata(result: NodeResult) -> dict[str, Any]:
+    metadata = _common_metadata(result)
+    response = {k: v for k, v in result.adapter_response.items() if v not in (None, "")}
+    if response:
+        metadata["adapter_response"] = MetadataValue.json(response)
+        rows = response.get("rows_affected")
+        if isinstance(rows, int) and rows >= 0:
+            metadata["rows_affected"] = rows
+    if result.relation_name:
+        metadata["relation_name"] = result.relation_name
+    if result.compiled_code:
+        metadata["compiled_sql"] = MetadataValue.md(f"```sql\n{result.compiled_code.strip()}\n```")
+    return metadata
+
+
+def describe_failure(result: NodeResult, name_of: Mapping[str, str] | None = None) -> str:
+    """One human sentence for a node that did not succeed (used in events, logs and the step error)."""
+    if result.status is NodeStatus.SKIPPED:
+        upstream = ", ".join((name_of or {}).get(u, u) for u in result.skipped_because) or "an upstream node"
+        return f"skipped by dbt because upstream {upstream} failed"
+    if result.status is NodeStatus.LOST:
+        return result.message or "no outcome reported by dbt"
+    return result.message or f"dbt status {result.dbt_status!r} without an error message"
+
+
+def to_dagster_event(result: NodeResult, target: NodeTarget) -> DagsterNodeEvent | None:
+    """The one durable Dagster event for a node outcome, or None when the node has no Dagster home
+    (a test that is not an asset check, or a test dbt skipped: an unexecuted check is left without a
+    result rather than shown as passed or failed)."""
+    if target.check_key is not None:
+        if result.status in (NodeStatus.SKIPPED, NodeStatus.LOST):
+            return None
+        metadata = _common_metadata(result)
+        if result.failures is not None:
+            metadata["failure_count"] = int(result.failures)
+        if result.status is NodeStatus.ERROR and result.message:
+            metadata[WATCHER_ERROR_KEY] = MetadataValue.text(result.message)
+        if result.status is NodeStatus.WARN:
+            severity = AssetCheckSeverity.WARN
+        elif result.status in (NodeStatus.FAIL, NodeStatus.ERROR):
+            severity = AssetCheckSeverity.ERROR
+        else:
+            severity = AssetCheckSeverity.WARN if target.check_severity == "warn" else AssetCheckSeverity.ERROR
+        return AssetCheckResult(
+            asset_key=target.check_key.asset_key,
+            check_name=target.check_key.name,
+            passed=result.status is NodeStatus.SUCCESS,
+            severity=severity,
+            metadata=metadata,
+            description=result.message if not result.status.succeeded else None,
+        )
+    if target.asset_key is None or target.output_name is None:
+        return None
+    if result.status.succeeded:
+        return Output(value=None, output_name=target.output_name, metadata=_success_metadata(result))
+    metadata = _common_metadata(result)
+    description = describe_failure(result)
+    metadata[WATCHER_ERROR_KEY] = MetadataValue.text(description)
+    if result.skipped_because:
+        metadata[WATCHER_SKIPPED_BECAUSE_KEY] = MetadataValue.json(list(result.skipped_because))
+    return AssetObservation(asset_key=target.asset_key, description=description, metadata=metadata)

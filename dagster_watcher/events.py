@@ -1,0 +1,264 @@
+"""dbt-event normalisation: every dbt invocation mode feeds raw dbt events in here and gets back
+exactly one terminal :class:`NodeResult` per dbt node.
+
+This module knows dbt, not Dagster. Mapping results to Dagster events lives in ``dagster_events.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class NodeStatus(str, enum.Enum):
+    """The terminal outcome of one dbt node, normalised across dbt versions and invocation modes."""
+
+    SUCCESS = "success"
+    """A model/seed/snapshot was built, or a test passed."""
+    WARN = "warn"
+    """A test with ``severity: warn`` found failing rows (the node itself ran)."""
+    FAIL = "fail"
+    """A test with ``severity: error`` found failing rows."""
+    ERROR = "error"
+    """The node errored: database error, compile error, runtime exception."""
+    SKIPPED = "skipped"
+    """dbt skipped the node because an upstream node failed."""
+    LOST = "lost"
+    """dbt never reported an outcome for a selected node (dbt crashed or was stopped)."""
+
+    @property
+    def succeeded(self) -> bool:
+        return self in (NodeStatus.SUCCESS, NodeStatus.WARN)
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """One dbt node's terminal outcome, as reported by dbt (or by an engine that runs compiled SQL)."""
+
+    unique_id: str
+    resource_type: str
+    status: NodeStatus
+    dbt_status: str
+    message: str | None = None
+    execution_time: float | None = None
+    adapter_response: Mapping[str, Any] = field(default_factory=dict)
+    failures: int | None = None
+    compiled_code: str | None = None
+    relation_name: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    thread: str | None = None
+    invocation_id: str | None = None
+    skipped_because: tuple[str, ...] = ()
+    """unique_ids of the failed upstream nodes that made dbt skip this node."""
+
+
+# dbt statuses (RunStatus / TestStatus / FreshnessStatus values) -> our terminal status.
+_STATUS_MAP: dict[str, NodeStatus] = {
+    "success": NodeStatus.SUCCESS,
+    "pass": NodeStatus.SUCCESS,
+    "warn": NodeStatus.WARN,
+    "fail": NodeStatus.FAIL,
+    "error": NodeStatus.ERROR,
+    "runtime error": NodeStatus.ERROR,
+    "skipped": NodeStatus.SKIPPED,
+    # dbt reports `no-op` for nodes it deliberately did nothing for (e.g. a partial retry); treat it as
+    # success only because dbt itself says the relation is in place.
+    "no-op": NodeStatus.SUCCESS,
+}
+
+#: The only dbt event names the normaliser consumes. Invocation modes filter on this set as early as
+#: possible (in dbt's thread for the runner, by substring for the JSON log) so the ordered writer
+#: never sees the ~30 debug events dbt fires per node.
+WANTED_EVENTS = frozenset({"NodeFinished", "RunResultError", "MainReportVersion"})
+
+_ASSET_TYPES = frozenset({"model", "seed", "snapshot"})
+
+
+def _parse_ts(value: Any) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class DbtEventNormalizer:
+    """Turns raw dbt events (name + dict payload, identical for both invocation modes) into exactly
+    one terminal :class:`NodeResult` per node.
+
+    Results are released the moment dbt reports a node finished, with two exceptions that exist so
+    error text is never lost: an errored node whose ``NodeFinished`` carries no message is held until
+    its ``RunResultError`` arrives (subprocess mode on some dbt versions), and whatever is still held
+    when dbt exits is released by :meth:`finish`.
+    """
+
+    def __init__(
+        self,
+        manifest: Mapping[str, Any],
+        *,
+        target_path: Any = None,
+        invocation_id: str | None = None,
+    ) -> None:
+        self._manifest = manifest
+        self._parent_map: Mapping[str, list[str]] = manifest.get("parent_map") or {}
+        self._child_map: Mapping[str, list[str]] = manifest.get("child_map") or {}
+        self._target_path = target_path
+        self.invocation_id = invocation_id
+        self._done: dict[str, NodeResult] = {}
+        self._held: dict[str, NodeResult] = {}
+        self._failed: set[str] = set()
+        self.dbt_version: str | None = None
+
+    @property
+    def results(self) -> Mapping[str, NodeResult]:
+        """Every terminal result released so far, by unique_id."""
+        return self._done
+
+    def feed(self, name: str, data: Mapping[str, Any], invocation_id: str | None = None) -> list[NodeResult]:
+        """Consume one dbt event; return the terminal results it completes (usually zero or one)."""
+        if invocation_id and not self.invocation_id:
+            self.invocation_id = invocation_id
+        if name == "NodeFinished":
+            return self._on_node_finished(data)
+        if name == "RunResultError":
+            return self._on_run_result_error(data)
+        if name == "MainReportVersion":
+            self.dbt_version = str(data.get("version", "")).lstrip("=") or None
+        return []
+
+    def finish(self, expected: Any = ()) -> list[NodeResult]:
+        """dbt has exited: release held results, then one LOST result for every expected node that dbt
+        never reported (it crashed, was killed, or never got to it)."""
+        out = [self._release(r) for r in list(self._held.values())]
+        self._held.clear()
+        for unique_id in expected:
+            if unique_id not in self._done:
+                node = self._node(unique_id)
+                out.append(
+                    self._release(
+                        NodeResult(
+                            unique_id=unique_id,
+                            resource_type=node.get("resource_type", unique_id.split(".", 1)[0]),
+                            status=NodeStatus.LOST,
+                            dbt_status="not reported",
+                            message=(
+                                "dbt exited without reporting an outcome for this node "
+                                "(dbt crashed, was stopped, or never started it)."
+                            ),
+                            relation_name=node.get("relation_name"),
+                            invocation_id=self.invocation_id,
+                        )
+                    )
+                )
+        return out
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _node(self, unique_id: str) -> Mapping[str, Any]:
+        return (self._manifest.get("nodes") or {}).get(unique_id) or {}
+
+    def _release(self, result: NodeResult) -> NodeResult:
+        self._done[result.unique_id] = result
+        if not result.status.succeeded:
+            self._failed.add(result.unique_id)
+        return result
+
+    def _on_node_finished(self, data: Mapping[str, Any]) -> list[NodeResult]:
+        node_info = data.get("node_info") or {}
+        run_result = data.get("run_result") or {}
+        unique_id = node_info.get("unique_id")
+        if not unique_id or unique_id in self._done or unique_id in self._held:
+            # dbt fires NodeFinished once per node; a repeat would be a dbt bug. Never emit twice.
+            return []
+        resource_type = node_info.get("resource_type") or unique_id.split(".", 1)[0]
+        dbt_status = str(run_result.get("status") or node_info.get("node_status") or "")
+        status = _STATUS_MAP.get(dbt_status.lower(), NodeStatus.ERROR)
+        message = run_result.get("message") or None
+        timing = {t.get("name"): t for t in run_result.get("timing_info") or []}
+        started = _parse_ts((timing.get("compile") or timing.get("execute") or {}).get("started_at"))
+        completed = _parse_ts((timing.get("execute") or timing.get("compile") or {}).get("completed_at"))
+        relation = (node_info.get("node_relation") or {}).get("relation_name") or None
+        failures = run_result.get("num_failures")
+        if failures is None:
+            failures = run_result.get("failures")
+        result = NodeResult(
+            unique_id=unique_id,
+            resource_type=resource_type,
+            status=status,
+            dbt_status=dbt_status,
+            message=message,
+            execution_time=run_result.get("execution_time"),
+            adapter_response=dict(run_result.get("adapter_response") or {}),
+            failures=failures if resource_type == "test" else None,
+            compiled_code=self._compiled_code(unique_id) if status.succeeded and resource_type == "model" else None,
+            relation_name=relation,
+            started_at=started,
+            completed_at=completed,
+            thread=run_result.get("thread"),
+            invocation_id=self.invocation_id,
+            skipped_because=self._failed_ancestors(unique_id) if status is NodeStatus.SKIPPED else (),
+        )
+        if status is NodeStatus.ERROR and not message:
+            # The text may still come in RunResultError at the end of the run: hold, don't lose it.
+            self._held[unique_id] = result
+            return []
+        return [self._release(result)]
+
+    def _on_run_result_error(self, data: Mapping[str, Any]) -> list[NodeResult]:
+        unique_id = (data.get("node_info") or {}).get("unique_id")
+        msg = data.get("msg") or ""
+        if not unique_id or not msg.strip():
+            # dbt follows real errors with trailing empty RunResultError lines: never let them
+            # overwrite text we already have.
+            return []
+        held = self._held.pop(unique_id, None)
+        if held is not None:
+            return [self._release(_replace(held, message=msg))]
+        return []
+
+    def _compiled_code(self, unique_id: str) -> str | None:
+        """Compiled SQL as dbt wrote it to target/compiled during this invocation."""
+        if self._target_path is None:
+            return None
+        node = self._node(unique_id)
+        package, path = node.get("package_name"), node.get("original_file_path")
+        if not package or not path:
+            return None
+        from pathlib import Path
+
+        file = Path(self._target_path) / "compiled" / package / path
+        try:
+            return file.read_text()
+        except OSError:
+            return None
+
+    def _failed_ancestors(self, unique_id: str) -> tuple[str, ...]:
+        """The failed nodes upstream of a skipped node: failed ancestors, and failed tests on them
+        (in `dbt build` a failing test also skips its model's children)."""
+        found: list[str] = []
+        seen = {unique_id}
+        stack = list(self._parent_map.get(unique_id, ()))
+        while stack:
+            parent = stack.pop()
+            if parent in seen:
+                continue
+            seen.add(parent)
+            if parent in self._failed and self._done[parent].status is not NodeStatus.SKIPPED:
+                found.append(parent)
+            for child in self._child_map.get(parent, ()):
+                if child.startswith("test.") and child in self._failed and child not in seen:
+                    seen.add(child)
+                    found.append(child)
+            stack.extend(self._parent_map.get(parent, ()))
+        return tuple(sorted(found))
+
+
+def _replace(result: NodeResult, **changes: Any) -> NodeResult:
+    import dataclasses
+
+    return dataclasses.replace(result, **changes)

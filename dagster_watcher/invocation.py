@@ -1,0 +1,354 @@
+"""Invocation modes: how one `dbt build` is started and how its raw events reach the ordered writer.
+
+Both modes implement :class:`DbtInvocation`: :meth:`DbtInvocation.stream` yields ``RawDbtEvent``s in
+the order dbt fired them, on the caller's thread, and ends once dbt has exited; afterwards
+:attr:`DbtInvocation.exit` says how dbt ended. Neither mode touches Dagster: the caller's thread is
+the single writer that turns events into Dagster events (see ``producer.py``).
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import ctypes
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .events import WANTED_EVENTS
+
+
+@dataclass(frozen=True)
+class RawDbtEvent:
+    """One dbt event as the normaliser consumes it (same shape in both modes)."""
+
+    name: str
+    data: Mapping[str, Any]
+    invocation_id: str | None
+
+
+@dataclass(frozen=True)
+class InvocationExit:
+    """How a dbt invocation ended."""
+
+    ok: bool
+    """dbt ran to the end and every node succeeded (dbt's own success flag / exit code 0)."""
+    completed: bool
+    """dbt ran its node graph to the end (nodes may still have failed). False: dbt crashed, refused
+    to start (bad project, profile, selector) or was stopped."""
+    error: str | None = None
+    """The error dbt or the process reported when ``completed`` is False."""
+
+
+class DbtInvocation(abc.ABC):
+    """One `dbt` command, started by :meth:`stream`."""
+
+    mode: str
+    exit: InvocationExit | None = None
+
+    def __init__(self, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
+        self.args = list(args)
+        self.env = dict(env or {})
+
+    @abc.abstractmethod
+    def stream(self) -> Iterator[RawDbtEvent]:
+        """Start dbt and yield its wanted events in firing order until it exits."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Ask dbt to stop (run termination). Safe to call from any thread, any number of times."""
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process dbtRunner
+
+
+# dbt keeps process-global state (flags, adapter registry, event manager callbacks): two dbtRunner
+# invocations at once in one process would mix their events and configuration. Serialise them.
+_DBT_PROCESS_LOCK = threading.Lock()
+
+_MANIFEST_CACHE: dict[tuple[str, str, int], Any] = {}
+_MANIFEST_CACHE_LOCK = threading.Lock()
+
+
+def dbt_manifest_from_json(manifest_json: Mapping[str, Any]) -> Any:
+    """dbt's in-memory ``Manifest`` for a manifest.json dict, built once per process and manifest.
+
+    dbtRunner accepts a pre-parsed manifest and then skips parsing entirely. Building it from the
+    manifest.json the Dagster definitions were made from (dagster-dbt's ``DbtProject`` preparation or
+    a shipped manifest) is what lets the in-process mode start executing nodes without a second parse,
+    and guarantees dbt runs exactly the graph Dagster shows.
+    """
+    from dbt.contracts.graph.manifest import Manifest, WritableManifest
+
+    meta = manifest_json.get("metadata") or {}
+    key = (str(meta.get("invocation_id")), str(meta.get("generated_at")), len(manifest_json.get("nodes") or {}))
+    with _MANIFEST_CACHE_LOCK:
+        cached = _MANIFEST_CACHE.get(key)
+        if cached is None:
+            # from_dict mutates nothing it is given, but upgrade paths may: hand it a copy.
+            writable = WritableManifest.upgrade_schema_version(json.loads(json.dumps(manifest_json)))
+            cached = Manifest.from_writable_manifest(writable)
+            _retype_nodes(cached, manifest_json)
+            _MANIFEST_CACHE.clear()  # keep one version: an edited project must not pin old ones
+            _MANIFEST_CACHE[key] = cached
+        return cached
+
+
+def _retype_nodes(manifest: Any, manifest_json: Mapping[str, Any]) -> None:
+    """manifest.json's node union deserialises every test as a singular test; a generic test then
+    fails to compile (`'_dbt_generic_test_kwargs' is undefined`). Rebuild each node with the class its
+    resource_type (and, for tests, test_metadata) calls for."""
+    from dbt.artifacts.resources import GenericTest
+    from dbt.contracts.graph.nodes import GenericTestNode
+
+    for unique_id, node in (manifest_json.get("nodes") or {}).items():
+        if node.get("resource_type") == "test" and node.get("test_metadata"):
+            current = manifest.nodes.get(unique_id)
+            if current is not None and not isinstance(current, GenericTestNode):
+                manifest.nodes[unique_id] = GenericTestNode.from_resource(GenericTest.from_dict(node))
+
+
+class _Finished:
+    __slots__ = ("result", "error")
+
+    def __init__(self, result: Any, error: BaseException | None) -> None:
+        self.result = result
+        self.error = error
+
+
+class RunnerInvocation(DbtInvocation):
+    """dbt's ``dbtRunner`` in this process, fed a pre-parsed manifest, with an event callback.
+
+    dbt calls the callback on its worker threads and swallows whatever it raises, so the callback does
+    the least possible work (a name check and a queue put) and can not raise; any failure inside it is
+    remembered and turns the invocation into a failed one instead of vanishing.
+    """
+
+    mode = "runner"
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        manifest: Mapping[str, Any] | None,
+        env: Mapping[str, str] | None = None,
+        lock_timeout: float | None = None,
+    ) -> None:
+        super().__init__(args, env=env)
+        self.manifest_json = manifest
+        self.lock_timeout = lock_timeout
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._callback_error: BaseException | None = None
+        self._cancelled = False
+
+    def _callback(self, msg: Any) -> None:
+        try:
+            name = msg.info.name
+            if name in WANTED_EVENTS:
+                self._queue.put(msg)
+        except BaseException as exc:  # never let dbt swallow it: report it after the run
+            if self._callback_error is None:
+                self._callback_error = exc
+
+    def _run(self, manifest: Any) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            from dbt.cli.main import dbtRunner
+
+            result = dbtRunner(manifest=manifest, callbacks=[self._callback]).invoke(self.args)
+        except BaseException as exc:  # noqa: BLE001 - reported to the writer thread, not lost
+            error = exc
+        finally:
+            self._queue.put(_Finished(result, error))
+
+    def stream(self) -> Iterator[RawDbtEvent]:
+        from dbt_common.events.functions import msg_to_dict
+
+        if not _DBT_PROCESS_LOCK.acquire(timeout=-1 if self.lock_timeout is None else self.lock_timeout):
+            raise RuntimeError(
+                "Another in-process dbt invocation is running in this Python process and did not finish "
+                f"within {self.lock_timeout}s. dbt keeps process-global state, so dagster-watcher runs "
+                "one in-process invocation at a time; use the multiprocess executor or "
+                "invocation_mode='subprocess' to run dbt builds side by side."
+            )
+        try:
+            manifest = dbt_manifest_from_json(self.manifest_json) if self.manifest_json else None
+            saved_env = {k: os.environ.get(k) for k in self.env}
+            os.environ.update(self.env)
+            try:
+                self._thread = threading.Thread(
+                    target=self._run, args=(manifest,), name="dagster-watcher-dbt", daemon=True
+                )
+                self._thread.start()
+                finished = None
+                while finished is None:
+                    try:
+                        item = self._queue.get(timeout=0.5)
+                    except queue.Empty:
+                        continue  # wake up so a run termination (signal) reaches this thread
+                    if isinstance(item, _Finished):
+                        finished = item
+                        break
+                    as_dict = msg_to_dict(item)
+                    info = as_dict.get("info") or {}
+                    yield RawDbtEvent(item.info.name, as_dict.get("data") or {}, info.get("invocation_id"))
+            finally:
+                for key, value in saved_env.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+            self.exit = self._exit_from(finished)
+        finally:
+            if self._thread is not None and self._thread.is_alive():
+                self.cancel()
+                self._thread.join(timeout=30)
+            _DBT_PROCESS_LOCK.release()
+
+    def _exit_from(self, finished: _Finished) -> InvocationExit:
+        if self._callback_error is not None:
+            return InvocationExit(
+                ok=False,
+                completed=False,
+                error=f"dagster-watcher's dbt event callback failed: {self._callback_error!r}",
+            )
+        if finished.error is not None:
+            return InvocationExit(ok=False, completed=False, error=_describe(finished.error))
+        res = finished.result
+        if res is None:
+            return InvocationExit(ok=False, completed=False, error="dbt returned no result")
+        if res.exception is not None:
+            return InvocationExit(ok=False, completed=False, error=_describe(res.exception))
+        if self._cancelled:
+            return InvocationExit(ok=False, completed=False, error="dbt was stopped (run terminated)")
+        return InvocationExit(ok=bool(res.success), completed=True)
+
+    def cancel(self) -> None:
+        # dbt stops a build cleanly on KeyboardInterrupt (it cancels open connections and marks the
+        # remaining nodes); deliver one to dbt's thread. The thread is a daemon, so a terminated run
+        # worker exiting also ends it.
+        self._cancelled = True
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt)
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Subprocess reading dbt's JSON log
+
+# Substrings of the JSON lines the writer must parse. Everything else is either printed (info and
+# above, so dbt's usual console output reaches the compute logs) or dropped without parsing.
+_WANTED_MARKERS = tuple(f'"name": "{name}"' for name in WANTED_EVENTS)
+
+
+class SubprocessInvocation(DbtInvocation):
+    """``dbt ... --log-format json --log-level debug`` in a child process (dbt may live in another
+    environment: ``dbt_executable``), read line by line as dbt writes it."""
+
+    mode = "subprocess"
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        dbt_executable: str = "dbt",
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        echo: bool = True,
+    ) -> None:
+        super().__init__(args, env=env)
+        self.dbt_executable = dbt_executable
+        self.cwd = cwd
+        self.echo = echo
+        self._process: subprocess.Popen[str] | None = None
+        self._cancelled = False
+
+    def command(self) -> list[str]:
+        # NodeFinished (which carries adapter_response and error text) is a debug-level event.
+        return [self.dbt_executable, *self.args, "--log-format", "json", "--log-level", "debug"]
+
+    def stream(self) -> Iterator[RawDbtEvent]:
+        env = {**os.environ, **self.env}
+        try:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                cwd=self.cwd,
+                env=env,
+            )
+        except FileNotFoundError as exc:
+            raise RuntimeError(
+                f"dbt executable {self.dbt_executable!r} was not found: set `dbt_executable` on the "
+                "DbtWatcherResource to the dbt of the environment that should run this project."
+            ) from exc
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+        last_error: str | None = None
+        assert self._process.stdout is not None
+        try:
+            for line in self._process.stdout:
+                if not line.startswith("{"):
+                    tail.append(line.rstrip())  # a traceback or anything dbt did not log as JSON
+                    if self.echo:
+                        print(line, end="")
+                    continue
+                wanted = any(marker in line for marker in _WANTED_MARKERS)
+                if not wanted and '"level": "debug"' in line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    tail.append(line.rstrip())
+                    continue
+                info = event.get("info") or {}
+                if self.echo and info.get("level") != "debug" and info.get("msg"):
+                    print(info["msg"])
+                if info.get("level") == "error" and info.get("msg"):
+                    last_error = info["msg"]
+                if wanted:
+                    yield RawDbtEvent(info.get("name", ""), event.get("data") or {}, info.get("invocation_id"))
+            code = self._process.wait()
+        finally:
+            if self._process.poll() is None:
+                self.cancel()
+        if self._cancelled:
+            self.exit = InvocationExit(ok=False, completed=False, error="dbt was stopped (run terminated)")
+        elif code in (0, 1):
+            # dbt's exit codes: 0 all good, 1 some nodes failed, 2 dbt itself failed.
+            self.exit = InvocationExit(ok=code == 0, completed=True)
+        else:
+            detail = last_error or "\n".join(tail) or "no output"
+            reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            self.exit = InvocationExit(ok=False, completed=False, error=f"dbt {reason}: {detail}")
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        # SIGINT first: dbt handles it like Ctrl-C and cancels running queries.
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

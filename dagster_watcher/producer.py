@@ -1,0 +1,216 @@
+"""The producer: one `dbt build` for the selected part of a ``@dbt_watcher_assets`` definition, with
+every node's outcome written to Dagster the moment dbt reports it.
+
+The generator in :func:`stream_build` runs on the op's own thread and is the single, ordered writer:
+invocation modes only hand it raw events (dbt's worker threads never touch Dagster), the normaliser
+turns them into one terminal result per node, and ``dagster_events`` maps each result to one event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagster import AssetExecutionContext, Failure, MetadataValue
+from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
+from dagster_dbt.dagster_dbt_translator import DagsterDbtTranslator
+
+from .dagster_events import DagsterNodeEvent, NodeTarget, describe_failure, to_dagster_event
+from .events import DbtEventNormalizer, NodeResult, NodeStatus
+from .invocation import DbtInvocation
+
+_UNIQUE_ID = "dagster_dbt/unique_id"
+_SELECT_TAG = "dagster_dbt/select"
+_EXCLUDE_TAG = "dagster_dbt/exclude"
+_SELECTOR_TAG = "dagster_dbt/selector"
+
+
+@dataclass
+class BuildPlan:
+    """What this step asks dbt to do, and which node outcomes it must account for."""
+
+    manifest: Mapping[str, Any]
+    translator: DagsterDbtTranslator
+    targets: dict[str, NodeTarget]
+    """Every node of this step's selection that has a Dagster home, by unique_id."""
+    selection_args: list[str] = field(default_factory=list)
+    already_done: frozenset[str] = frozenset()
+    """Nodes that succeeded in an earlier attempt of this step (retries run only the rest)."""
+
+    @property
+    def expected(self) -> frozenset[str]:
+        return frozenset(self.targets) - self.already_done
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.expected
+
+    def name_of(self, unique_id: str) -> str:
+        node = (self.manifest.get("nodes") or {}).get(unique_id) or {}
+        return str(node.get("name") or unique_id)
+
+
+def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str] = frozenset()) -> BuildPlan:
+    """Work out this step's dbt selection from the Dagster selection (a subset in the UI, a job's asset
+    selection, or a retry's remaining nodes)."""
+    assets_def = context.assets_def
+    manifest, translator, _ = get_manifest_and_translator_from_dbt_assets([assets_def])
+    selected_keys = context.selected_asset_keys
+    selected_checks = context.selected_asset_check_keys
+    nodes = manifest.get("nodes") or {}
+
+    targets: dict[str, NodeTarget] = {}
+    for key in selected_keys:
+        unique_id = assets_def.get_asset_spec(key).metadata[_UNIQUE_ID]
+        targets[unique_id] = NodeTarget(
+            unique_id=unique_id, asset_key=key, output_name=assets_def.get_output_name_for_asset_key(key)
+        )
+    for check_key in selected_checks:
+        spec = assets_def.get_spec_for_check_key(check_key)
+        unique_id = (spec.metadata or {}).get(_UNIQUE_ID)
+        if not unique_id:
+            continue
+        severity = str(((nodes.get(unique_id) or {}).get("config") or {}).get("severity", "error")).lower()
+        targets[unique_id] = NodeTarget(unique_id=unique_id, check_key=check_key, check_severity=severity)
+
+    plan = BuildPlan(manifest=manifest, translator=translator, targets=targets, already_done=already_done)
+    is_full = (
+        not already_done
+        and assets_def.keys_by_output_name == assets_def.node_keys_by_output_name
+        and assets_def.check_specs_by_output_name == assets_def.node_check_specs_by_output_name
+    )
+    if is_full:
+        # The definition's own selection: readable, and dbt also runs tests that are not checks.
+        tags = context.op.tags
+        for flag, tag in (("--select", _SELECT_TAG), ("--exclude", _EXCLUDE_TAG), ("--selector", _SELECTOR_TAG)):
+            if tags.get(tag):
+                plan.selection_args += [flag, tags[tag]]
+    else:
+        # Exactly the nodes asked for, by fully qualified name, and no test dbt would add on its own
+        # (eager indirect selection can pull in a test whose other parent is not being built). The
+        # list goes to dbt as arguments, never into a copy of the project; in-process it has no
+        # length limit at all.
+        fqns = sorted(".".join(nodes[u]["fqn"]) for u in plan.expected if u in nodes)
+        if fqns:
+            plan.selection_args += ["--select", *fqns, "--indirect-selection", "empty"]
+    return plan
+
+
+class _Progress:
+    """A live progress line per node on stdout (compute logs / terminal), never in the event log."""
+
+    def __init__(self, plan: BuildPlan, enabled: bool) -> None:
+        self.total = len(plan.expected)
+        self.done = 0
+        self.enabled = enabled
+        self.plan = plan
+
+    def node(self, result: NodeResult) -> None:
+        if result.unique_id in self.plan.targets:
+            self.done += 1
+        if not self.enabled:
+            return
+        secs = f" {result.execution_time:.2f}s" if result.execution_time else ""
+        print(
+            f"[dagster-watcher {self.done}/{self.total}] {result.status.value.upper():8} "
+            f"{result.resource_type} {self.plan.name_of(result.unique_id)}{secs}",
+            flush=True,
+        )
+
+
+def stream_build(
+    context: AssetExecutionContext,
+    plan: BuildPlan,
+    invocation: DbtInvocation,
+    *,
+    target_path: Path | None,
+    progress: bool = True,
+) -> Iterator[DagsterNodeEvent]:
+    """Run ``invocation`` and yield one Dagster event per node outcome as dbt reports it.
+
+    Raises :class:`dagster.Failure` after every outcome has been written if any selected node did not
+    succeed or dbt did not complete; materializations written before that stay.
+    """
+    normalizer = DbtEventNormalizer(plan.manifest, target_path=target_path)
+    bar = _Progress(plan, progress)
+    results: list[NodeResult] = []
+    started = time.monotonic()
+
+    def emit(result: NodeResult) -> Iterator[DagsterNodeEvent]:
+        results.append(result)
+        bar.node(result)
+        target = plan.targets.get(result.unique_id)
+        if target is None:
+            if not result.status.succeeded:
+                context.log.warning(f"dbt {result.unique_id}: {describe_failure(result)}")
+            return
+        if not result.status.succeeded:
+            context.log.error(f"{plan.name_of(result.unique_id)} ({result.unique_id}): {describe_failure(result)}")
+        event = to_dagster_event(result, target)
+        if event is not None:
+            yield event
+
+    try:
+        for raw in invocation.stream():
+            for result in normalizer.feed(raw.name, raw.data, raw.invocation_id):
+                yield from emit(result)
+    except BaseException:
+        # Termination or any error on the writer's side: stop dbt; record what is known; re-raise.
+        invocation.cancel()
+        for result in normalizer.finish(plan.expected):
+            if result.status is not NodeStatus.LOST:
+                yield from emit(result)
+        raise
+    for result in normalizer.finish(plan.expected):
+        yield from emit(result)
+
+    exit_ = invocation.exit
+    failed = [r for r in results if r.unique_id in plan.targets and not r.status.succeeded]
+    summary = _summary(plan, results, time.monotonic() - started)
+    if progress:
+        print(summary, flush=True)
+    if exit_ is not None and not exit_.completed:
+        raise Failure(
+            description=f"dbt did not complete ({invocation.mode} mode): {exit_.error}",
+            metadata={"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)},
+        )
+    if failed:
+        first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r, _names(plan))}" for r in failed[:5])
+        more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
+        raise Failure(
+            description=f"{len(failed)} dbt node(s) did not succeed: {first}{more}",
+            metadata={"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)},
+        )
+
+
+def _names(plan: BuildPlan) -> dict[str, str]:
+    return {u: plan.name_of(u) for u in (plan.manifest.get("nodes") or {})}
+
+
+def _failure_table(plan: BuildPlan, failed: Sequence[NodeResult]) -> list[dict[str, Any]]:
+    return [
+        {
+            "unique_id": r.unique_id,
+            "status": r.status.value,
+            "error": describe_failure(r, _names(plan))[:2000],
+        }
+        for r in failed
+    ]
+
+
+def _summary(plan: BuildPlan, results: Sequence[NodeResult], seconds: float) -> str:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
+    lines = ["| node | type | status | seconds |", "|---|---|---|---|"]
+    for r in results:
+        secs = f"{r.execution_time:.2f}" if r.execution_time is not None else ""
+        lines.append(f"| {plan.name_of(r.unique_id)} | {r.resource_type} | {r.status.value} | {secs} |")
+    totals = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines.append("")
+    lines.append(f"dagster-watcher: {len(results)} node outcomes in {seconds:.1f}s: {totals}")
+    return "\n".join(lines)
+

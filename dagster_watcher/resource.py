@@ -1,0 +1,184 @@
+"""``DbtWatcherResource``: how the producer runs dbt (project, profile, threads, invocation mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from dagster import AssetExecutionContext, ConfigurableResource
+from dagster_dbt import DbtProject
+from pydantic import Field, field_validator
+
+from .dagster_events import DagsterNodeEvent
+from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
+from .producer import plan_for_context, stream_build
+
+InvocationMode = Literal["auto", "runner", "subprocess"]
+
+
+def dbt_is_importable() -> bool:
+    try:
+        import dbt.cli.main  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class DbtWatcherResource(ConfigurableResource):
+    """Runs one ``dbt build`` per step of a :func:`dbt_watcher_assets` definition and streams every
+    node's outcome to Dagster as it finishes.
+
+    Example::
+
+        dbt_watcher = DbtWatcherResource(project_dir=my_dbt_project, threads=8)
+
+    ``project_dir`` also accepts a dagster-dbt :class:`~dagster_dbt.DbtProject`, whose profiles dir and
+    target are then used unless set here.
+    """
+
+    project_dir: str = Field(description="Path to the dbt project (the folder with dbt_project.yml).")
+    profiles_dir: str | None = Field(
+        default=None,
+        description="Folder holding profiles.yml. Default: the project dir if it has one, else dbt's default.",
+    )
+    target: str | None = Field(default=None, description="dbt target (profiles.yml output) to run against.")
+    threads: int | None = Field(default=None, description="dbt threads. Default: the profile's setting.")
+    invocation_mode: InvocationMode = Field(
+        default="auto",
+        description=(
+            "'runner': dbt in this process via dbtRunner, reusing the parsed manifest (fastest). "
+            "'subprocess': a `dbt` child process whose JSON log is read line by line (dbt may live in "
+            "another environment, see dbt_executable). 'auto': runner when dbt is importable."
+        ),
+    )
+    dbt_executable: str = Field(default="dbt", description="The dbt command for subprocess mode.")
+    dbt_vars: dict[str, Any] = Field(default_factory=dict, description="dbt --vars for every build.")
+    extra_flags: list[str] = Field(
+        default_factory=list, description="More `dbt build` flags, e.g. ['--full-refresh', '--fail-fast']."
+    )
+    progress: bool = Field(default=True, description="Print a progress line per node and a summary to stdout.")
+    target_path: str | None = Field(
+        default=None,
+        description=(
+            "Where dbt writes compiled SQL and run_results.json. Default: <project>/target/dagster_watcher, "
+            "so a build never overwrites the manifest.json the Dagster definitions were loaded from."
+        ),
+    )
+
+    def __init__(self, project_dir: str | Path | DbtProject, **kwargs: Any) -> None:
+        if isinstance(project_dir, DbtProject):
+            kwargs.setdefault("profiles_dir", os.fspath(project_dir.profiles_dir))
+            if project_dir.target:
+                kwargs.setdefault("target", project_dir.target)
+            project_dir = project_dir.project_dir
+        if kwargs.get("profiles_dir") is not None:
+            kwargs["profiles_dir"] = os.fspath(kwargs["profiles_dir"])
+        super().__init__(project_dir=os.fspath(project_dir), **kwargs)
+
+    @field_validator("project_dir")
+    @classmethod
+    def _check_project_dir(cls, value: str) -> str:
+        path = Path(value).absolute()
+        if not (path / "dbt_project.yml").is_file():
+            raise ValueError(
+                f"project_dir {value!r} ({path}) is not a dbt project: it has no dbt_project.yml. "
+                "Set DbtWatcherResource(project_dir=...) to the folder that holds dbt_project.yml."
+            )
+        return os.fspath(path.resolve())
+
+    @field_validator("profiles_dir")
+    @classmethod
+    def _check_profiles_dir(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).absolute()
+        if not (path / "profiles.yml").is_file():
+            raise ValueError(
+                f"profiles_dir {value!r} ({path}) has no profiles.yml. Point profiles_dir at the folder "
+                "that holds profiles.yml, or leave it unset to use dbt's default (~/.dbt)."
+            )
+        return os.fspath(path.resolve())
+
+    # -- what the producer calls ------------------------------------------------------------------
+
+    def resolved_mode(self) -> Literal["runner", "subprocess"]:
+        if self.invocation_mode == "auto":
+            return "runner" if dbt_is_importable() else "subprocess"
+        return self.invocation_mode
+
+    def resolved_target_path(self) -> Path:
+        return Path(self.target_path or Path(self.project_dir) / "target" / "dagster_watcher").absolute()
+
+    def build_args(self, selection_args: Sequence[str], extra_args: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
+        """The `dbt build` arguments for a selection (without the executable)."""
+        args = ["build", "--project-dir", self.project_dir, "--target-path", os.fspath(self.resolved_target_path())]
+        profiles_dir = self.profiles_dir
+        if profiles_dir is None and (Path(self.project_dir) / "profiles.yml").is_file():
+            profiles_dir = self.project_dir
+        if profiles_dir:
+            args += ["--profiles-dir", profiles_dir]
+        if self.target:
+            args += ["--target", self.target]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        merged_vars = {**self.dbt_vars, **(dbt_vars or {})}
+        if merged_vars:
+            args += ["--vars", json.dumps(merged_vars)]
+        return [*args, *self.extra_flags, *extra_args, *selection_args]
+
+    def make_invocation(self, args: Sequence[str], manifest: Mapping[str, Any] | None) -> DbtInvocation:
+        # Anonymous usage stats would make dbt call out to the network on every invocation.
+        env = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        if self.resolved_mode() == "runner":
+            return RunnerInvocation(args, manifest=manifest, env=env)
+        return SubprocessInvocation(args, dbt_executable=self._dbt_executable(), cwd=Path(self.project_dir), env=env)
+
+    def _dbt_executable(self) -> str:
+        found = shutil.which(self.dbt_executable)
+        if found:
+            return found
+        # A virtualenv that is not activated still has its dbt next to its python.
+        beside = Path(sys.executable).parent / self.dbt_executable
+        if os.sep not in self.dbt_executable and beside.is_file():
+            return os.fspath(beside)
+        raise ValueError(
+            f"dbt_executable {self.dbt_executable!r} was not found on PATH: set "
+            "DbtWatcherResource(dbt_executable=...) to the dbt of the environment that runs this project."
+        )
+
+    def build(
+        self,
+        context: AssetExecutionContext,
+        *,
+        extra_args: Sequence[str] = (),
+        dbt_vars: Mapping[str, Any] | None = None,
+    ) -> Iterator[DagsterNodeEvent]:
+        """Run ``dbt build`` for the step's selection and yield each node's Dagster event as it finishes.
+
+        Use it as the body of a :func:`dbt_watcher_assets` function::
+
+            yield from dbt_watcher.build(context)
+
+        Raises :class:`dagster.Failure` once every outcome is recorded if any node did not succeed.
+        """
+        plan = plan_for_context(context)
+        if plan.is_empty:
+            context.log.info("dagster-watcher: nothing selected in this step; dbt was not started.")
+            return
+        args = self.build_args(plan.selection_args, extra_args, dbt_vars)
+        invocation = self.make_invocation(args, plan.manifest)
+        context.log.info(
+            f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode"
+        )
+        yield from stream_build(
+            context,
+            plan,
+            invocation,
+            target_path=self.resolved_target_path(),
+            progress=self.progress,
+        )
