@@ -902,6 +902,80 @@ from range({{ n_rows }}) as r(i)
     return out
 
 
+def compare_manifest_to_graph(
+    manifest_path: Path | str, graph_path: Path | str = DEFAULT_GRAPH, *, runtime_sources: bool = False
+) -> dict[str, Any]:
+    """Check a parsed project's ``manifest.json`` against the graph; return counts + mismatches.
+
+    Compares enabled/disabled models (name, package, path, materialization), every model's ref
+    and source parents (``depends_on.nodes``), seeds, sources and tests (name + parents).
+    ``mismatches`` is empty when the generated DAG is identical to the graph.
+    """
+    graph = load_graph(Path(graph_path))
+    man = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    nodes = man["nodes"]
+    names = {uid: n["name"] for uid, n in nodes.items()}
+    problems: list[str] = []
+
+    models = {n["name"]: n for n in nodes.values() if n["resource_type"] == "model"}
+    want_enabled = {n for n, m in graph.models.items() if m.enabled}
+    if set(models) != want_enabled:
+        problems.append(f"enabled models differ: extra={sorted(set(models) - want_enabled)} missing={sorted(want_enabled - set(models))}")
+    disabled = {d["name"] for ds in man.get("disabled", {}).values() for d in ds if d["resource_type"] == "model"}
+    want_disabled = set(graph.models) - want_enabled
+    if disabled != want_disabled:
+        problems.append(f"disabled models differ: {sorted(disabled ^ want_disabled)}")
+
+    edges = source_edges = 0
+    for name in sorted(want_enabled & set(models)):
+        gm, n = graph.models[name], models[name]
+        if (n["package_name"], n["original_file_path"], n["config"]["materialized"]) != (gm.package, gm.path, gm.materialized):
+            problems.append(f"{name}: package/path/materialized {n['package_name']}, {n['original_file_path']}, {n['config']['materialized']}")
+        parents = n["depends_on"]["nodes"]
+        ref_parents = sorted(names[p] for p in parents if p in names)
+        src_parents = sorted(tuple(man["sources"][p][k] for k in ("source_name", "name")) for p in parents if p in man["sources"])
+        edges += len(ref_parents)
+        source_edges += len(src_parents)
+        if ref_parents != sorted(gm.refs):
+            problems.append(f"{name}: refs {ref_parents} != {sorted(gm.refs)}")
+        want_src = [] if runtime_sources else sorted(gm.sources)
+        if src_parents != want_src:
+            problems.append(f"{name}: sources {src_parents} != {want_src}")
+
+    seeds = sorted(n["name"] for n in nodes.values() if n["resource_type"] == "seed")
+    if seeds != sorted(graph.seeds):
+        problems.append(f"seeds {seeds} != {sorted(graph.seeds)}")
+    sources = sorted((s["source_name"], s["name"]) for s in man["sources"].values())
+    if sources != sorted(graph.sources):
+        problems.append("sources differ")
+    tests = {n["name"]: sorted(names[p] for p in n["depends_on"]["nodes"]) for n in nodes.values() if n["resource_type"] == "test"}
+    want_tests = {t.name: sorted(t.depends_on) for t in graph.tests}
+    if tests != want_tests:
+        problems.append(f"tests differ: {sorted(set(tests) ^ set(want_tests))}")
+
+    return {
+        "manifest": {
+            "models_enabled": len(models),
+            "models_disabled": len(disabled),
+            "model_edges": edges,
+            "source_edges": source_edges,
+            "seeds": len(seeds),
+            "sources": len(sources),
+            "tests": len(tests),
+        },
+        "graph": {
+            "models_enabled": len(want_enabled),
+            "models_disabled": len(want_disabled),
+            "model_edges": sum(len(m.refs) for m in graph.models.values() if m.enabled),
+            "source_edges": 0 if runtime_sources else sum(len(m.sources) for m in graph.models.values() if m.enabled),
+            "seeds": len(graph.seeds),
+            "sources": len(graph.sources),
+            "tests": len(graph.tests),
+        },
+        "mismatches": problems,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -913,7 +987,17 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="call source() only under {%% if execute %%} like the original (no source edges in the manifest)",
     )
+    parser.add_argument(
+        "--check-manifest",
+        type=Path,
+        metavar="MANIFEST",
+        help="do not generate; compare a parsed project's target/manifest.json with the graph (exit 1 on mismatch)",
+    )
     args = parser.parse_args(argv)
+    if args.check_manifest:
+        report = compare_manifest_to_graph(args.check_manifest, args.graph, runtime_sources=args.runtime_sources)
+        print(json.dumps(report, indent=2))
+        raise SystemExit(1 if report["mismatches"] else 0)
     out = generate_fhir_project(args.out, args.graph, root_package=args.root_package, runtime_sources=args.runtime_sources)
     print(out)
 

@@ -11,7 +11,6 @@ event. This module knows Dagster, not dbt's event format.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +78,16 @@ def _success_metadata(result: NodeResult) -> dict[str, Any]:
     return metadata
 
 
-def describe_failure(result: NodeResult, name_of: Mapping[str, str] | None = None) -> str:
+def node_name(unique_id: str) -> str:
+    """`model.shop.stg_orders` -> `stg_orders` (tests: their name without the hash)."""
+    parts = unique_id.split(".")
+    return parts[2] if len(parts) > 2 else unique_id
+
+
+def describe_failure(result: NodeResult) -> str:
     """One human sentence for a node that did not succeed (used in events, logs and the step error)."""
     if result.status is NodeStatus.SKIPPED:
-        upstream = ", ".join((name_of or {}).get(u, u) for u in result.skipped_because) or "an upstream node"
+        upstream = ", ".join(node_name(u) for u in result.skipped_because) or "an upstream node"
         return f"skipped by dbt because upstream {upstream} failed"
     if result.status is NodeStatus.LOST:
         return result.message or "no outcome reported by dbt"

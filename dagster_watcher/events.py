@@ -75,7 +75,8 @@ _STATUS_MAP: dict[str, NodeStatus] = {
 #: never sees the ~30 debug events dbt fires per node.
 WANTED_EVENTS = frozenset({"NodeFinished", "RunResultError", "MainReportVersion"})
 
-_ASSET_TYPES = frozenset({"model", "seed", "snapshot"})
+# Outcomes that make dbt skip downstream nodes (a skipped node is a consequence, never a cause).
+_CAUSES = frozenset({NodeStatus.ERROR, NodeStatus.FAIL, NodeStatus.LOST})
 
 
 def _parse_ts(value: Any) -> datetime | None:
@@ -112,6 +113,7 @@ class DbtEventNormalizer:
         self._done: dict[str, NodeResult] = {}
         self._held: dict[str, NodeResult] = {}
         self._failed: set[str] = set()
+        """Nodes whose outcome makes dbt skip their descendants."""
         self.dbt_version: str | None = None
 
     @property
@@ -164,7 +166,7 @@ class DbtEventNormalizer:
 
     def _release(self, result: NodeResult) -> NodeResult:
         self._done[result.unique_id] = result
-        if not result.status.succeeded:
+        if result.status in _CAUSES:
             self._failed.add(result.unique_id)
         return result
 
@@ -248,7 +250,7 @@ class DbtEventNormalizer:
             if parent in seen:
                 continue
             seen.add(parent)
-            if parent in self._failed and self._done[parent].status is not NodeStatus.SKIPPED:
+            if parent in self._failed:
                 found.append(parent)
             for child in self._child_map.get(parent, ()):
                 if child.startswith("test.") and child in self._failed and child not in seen:

@@ -352,3 +352,24 @@ class SubprocessInvocation(DbtInvocation):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def parse_in_process(args: Sequence[str]) -> None:
+    """Run ``dbt parse`` through dbtRunner (serialised with builds), raising a clear error if it fails."""
+    from dbt.cli.main import dbtRunner
+
+    with _DBT_PROCESS_LOCK:
+        saved = os.environ.get("DBT_SEND_ANONYMOUS_USAGE_STATS")
+        os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+        try:
+            result = dbtRunner().invoke(list(args))
+        finally:
+            if saved is None:
+                os.environ.pop("DBT_SEND_ANONYMOUS_USAGE_STATS", None)
+            else:
+                os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = saved
+    if not result.success:
+        raise RuntimeError(
+            f"`dbt {' '.join(args)}` failed: "
+            f"{_describe(result.exception) if result.exception else 'see the dbt output above'}"
+        )

@@ -178,7 +178,7 @@ def stream_build(
             metadata={"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)},
         )
     if failed:
-        first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r, _names(plan))}" for r in failed[:5])
+        first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r)}" for r in failed[:5])
         more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
         raise Failure(
             description=f"{len(failed)} dbt node(s) did not succeed: {first}{more}",
@@ -186,16 +186,12 @@ def stream_build(
         )
 
 
-def _names(plan: BuildPlan) -> dict[str, str]:
-    return {u: plan.name_of(u) for u in (plan.manifest.get("nodes") or {})}
-
-
 def _failure_table(plan: BuildPlan, failed: Sequence[NodeResult]) -> list[dict[str, Any]]:
     return [
         {
             "unique_id": r.unique_id,
             "status": r.status.value,
-            "error": describe_failure(r, _names(plan))[:2000],
+            "error": describe_failure(r)[:2000],
         }
         for r in failed
     ]
