@@ -30,15 +30,15 @@ import io
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
-from typing import Any, Iterable
+from typing import Any
 
 try:  # imported as part of the ``benchmarks`` package
     from ._common import PROFILE_NAME, PROFILES_YML, reset_dir, sql_str, write
 except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from _common import PROFILE_NAME, PROFILES_YML, reset_dir, sql_str, write
+    from _common import PROFILE_NAME, PROFILES_YML, reset_dir, sql_str, write  # type: ignore[no-redef]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GRAPH = REPO_ROOT.parent / "shared" / "bench" / "fhir_graph.json"
@@ -58,6 +58,16 @@ SOURCE_ROW_STEP = 50
 METRIC_HISTORY_DAYS = 30
 
 CALCULATIONS = ("COUNT", "PROPORTION", "RATIO", "DISTRIBUTION")
+
+
+def physical_schema(source_name: str) -> str:
+    """DuckDB schema holding the tables of source ``source_name``.
+
+    Not the bare source name: if the DuckDB file is called like the schema (``fhir.duckdb``),
+    DuckDB refuses to create views over ``"fhir"."fhir"."x"`` ("Ambiguous reference to catalog
+    or schema"). The source name (and so the source unique_ids) stays as in the graph.
+    """
+    return f"{source_name}_src"
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +139,9 @@ def load_graph(path: Path) -> FhirGraph:
         GraphTest(name=t["name"], test=t["test"], column=t.get("column"), depends_on=tuple(t["depends_on"]))
         for t in raw.get("tests", [])
     ]
-    graph = FhirGraph(models=models, seeds=list(raw["seeds"]), sources=sources, tests=tests, stats=raw.get("stats", {}))
+    graph = FhirGraph(
+        models=models, seeds=list(raw["seeds"]), sources=sources, tests=tests, stats=raw.get("stats", {})
+    )
 
     enabled = {n for n, m in models.items() if m.enabled}
     for m in models.values():
@@ -157,7 +169,7 @@ def snake(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# SQL templates (string.Template: ``$x`` placeholders never clash with Jinja's braces)
+# SQL templates (Jinja braces inside f-strings are doubled: {{{{ -> {{)
 # --------------------------------------------------------------------------------------------
 
 
@@ -201,9 +213,7 @@ RESOURCE_COLUMNS = (
 )
 
 
-def sql_resource_view(
-    m: GraphModel, resource_models: set[str], util_pkg: str, salt: int, runtime_sources: bool
-) -> str:
+def sql_resource_view(m: GraphModel, util_pkg: str, salt: int, runtime_sources: bool) -> str:
     """A FHIR resource view: the source table(s), gated on ``fhir_table_list`` like the original.
 
     Resources without a source table in the graph (MedicationStatement, Person, ServiceRequest)
@@ -293,9 +303,9 @@ select
   {sql_str(m.name)} as metric_name,
   cast(d.recorded_at as date) as metric_date,
   d.status as dimension_a,
-  count(*) filter (where {' and '.join(checks)}) as numerator,
+  count(*) filter (where {" and ".join(checks)}) as numerator,
   count(*) as denominator,
-  round(count(*) filter (where {' and '.join(checks)}) / count(*), 6) as measure,
+  round(count(*) filter (where {" and ".join(checks)}) / count(*), 6) as measure,
   {ctx_sum} as context_rows
 from driver as d
 {chr(10).join(joins)}
@@ -330,7 +340,7 @@ def sql_generic(m: GraphModel, runtime_sources: bool) -> str:
 {with_sql}select
   r.i as id,
   (r.i * 7) % 600 as patient_id,
-  {' + '.join(sums) or '0'} as upstream_rows
+  {" + ".join(sums) or "0"} as upstream_rows
 from range(1000) as r(i)
 {chr(10).join(joins)}{incremental}
 """
@@ -344,10 +354,13 @@ from range(1000) as r(i)
 CATALOG = "{{ metric_catalog() }}"
 
 
-def _bespoke(m: GraphModel, runtime_sources: bool) -> tuple[set[str], str] | None:
+def _bespoke(m: GraphModel) -> tuple[set[str], str] | None:
     name = m.name
     if name == "metric_all_definitions":
-        return set(), _config(m) + f"""
+        return (
+            set(),
+            _config(m)
+            + f"""
 
 select
   c.metric_name,
@@ -356,30 +369,44 @@ select
   c.metric_idx,
   'Data quality metric ' || replace(c.metric_name, '_', ' ') as description
 from ({CATALOG}) as c
-"""
+""",
+        )
     if name == "project_variables":
-        return set(), _config(m) + """
+        return (
+            set(),
+            _config(m)
+            + """
 
 select * from (values
   ('earliest_date', '2024-01-01'),
   ('latest_date', '2024-03-31'),
   ('timezone_default', 'UTC'),
-  ('metric_history_days', '""" + str(METRIC_HISTORY_DAYS) + """'),
+  ('metric_history_days', '"""
+            + str(METRIC_HISTORY_DAYS)
+            + """'),
   ('invocation_id', '{{ invocation_id }}')
 ) as v(variable_name, variable_value)
-"""
+""",
+        )
     if name == "unioned_thresholds":
-        return set(), _config(m) + f"""
+        return (
+            set(),
+            _config(m)
+            + f"""
 
 select
   c.metric_name,
   case when c.calculation = 'COUNT' then 1.0 else 0.0 end as lower_bound,
   case when c.calculation = 'COUNT' then 100000.0 else 0.9 + (c.metric_idx % 10) / 100.0 end as upper_bound
 from ({CATALOG}) as c
-"""
+""",
+        )
     if name == "metric_copy":
         # Historic metric rows (the original copies a previous `metric` table): N metrics x days x 2.
-        return set(), _config(m) + f"""
+        return (
+            set(),
+            _config(m)
+            + f"""
 
 with catalog as ({CATALOG}),
 grid as (
@@ -395,9 +422,13 @@ select
   10 + (metric_idx * 7 + day * 13) % 90 as denominator,
   (metric_idx * 11 + day * 3) % (11 + (metric_idx * 7 + day * 13) % 90) as numerator
 from grid
-"""
+""",
+        )
     if name == "metric_latest_execution":
-        return {"metric_all_definitions"}, _config(m) + """
+        return (
+            {"metric_all_definitions"},
+            _config(m)
+            + """
 
 select
   d.metric_name,
@@ -405,11 +436,15 @@ select
   '{{ invocation_id }}' as execution_id,
   timestamp '2024-04-01' + to_minutes(cast(d.metric_idx as integer)) as executed_at
 from {{ ref('metric_all_definitions') }} as d
-"""
+""",
+        )
     if name in ("metric_execution_log", "metric_all_executions") and m.materialized == "incremental":
         # One row per (metric, dbt invocation): every build appends the new invocation's rows,
         # so the incremental path really inserts data instead of being a no-op.
-        return {"metric_latest_execution"}, _config(m, unique_key="'log_id'") + """
+        return (
+            {"metric_latest_execution"},
+            _config(m, unique_key="'log_id'")
+            + """
 
 select
   e.metric_name || '@' || e.execution_id as log_id,
@@ -420,9 +455,13 @@ from {{ ref('metric_latest_execution') }} as e
 {% if is_incremental() %}
 where e.execution_id not in (select distinct execution_id from {{ this }})
 {% endif %}
-"""
+""",
+        )
     if name == "metric":
-        return {"metric_all_definitions", "metric_copy", "metric_latest_execution"}, _config(m) + """
+        return (
+            {"metric_all_definitions", "metric_copy", "metric_latest_execution"},
+            _config(m)
+            + """
 
 select
   h.metric_name,
@@ -439,9 +478,13 @@ select
 from {{ ref('metric_copy') }} as h
 join {{ ref('metric_all_definitions') }} as d using (metric_name)
 left join {{ ref('metric_latest_execution') }} as e using (metric_name)
-"""
+""",
+        )
     if name == "metric_definition":
-        return {"metric", "metric_all_definitions"}, _config(m) + """
+        return (
+            {"metric", "metric_all_definitions"},
+            _config(m)
+            + """
 
 select
   d.metric_name,
@@ -454,9 +497,13 @@ select
 from {{ ref('metric_all_definitions') }} as d
 left join {{ ref('metric') }} as m using (metric_name)
 group by all
-"""
+""",
+        )
     if name == "metric_thresholds":
-        return {"metric", "metric_definition", "unioned_thresholds"}, _config(m) + """
+        return (
+            {"metric", "metric_definition", "unioned_thresholds"},
+            _config(m)
+            + """
 
 with latest as (
   select metric_name, avg(measure) as avg_measure
@@ -474,7 +521,8 @@ select
 from {{ ref('metric_definition') }} as d
 join {{ ref('unioned_thresholds') }} as t using (metric_name)
 left join latest as l using (metric_name)
-"""
+""",
+        )
     if m.folder == "metric_views":
         # metric_by_{day,year}[_dimensions] / metric_overall: re-aggregate `metric` at a grain.
         grain = "day" if "_by_day" in name else "year" if "_by_year" in name else "overall"
@@ -485,10 +533,13 @@ left join latest as l using (metric_name)
             keys.append("year(m.metric_date) as metric_year")
         if name.endswith("_dimensions"):
             keys.append("m.dimension_a")
-        return {"metric", "metric_definition"}, _config(m) + f"""
+        return (
+            {"metric", "metric_definition"},
+            _config(m)
+            + f"""
 
 select
-  {(','+chr(10)+'  ').join(keys)},
+  {("," + chr(10) + "  ").join(keys)},
   sum(m.numerator) as numerator,
   sum(m.denominator) as denominator,
   case
@@ -497,8 +548,9 @@ select
   end as measure
 from {{{{ ref('metric') }}}} as m
 join {{{{ ref('metric_definition') }}}} as d using (metric_name)
-group by {', '.join(str(i) for i in range(1, len(keys) + 1))}
-"""
+group by {", ".join(str(i) for i in range(1, len(keys) + 1))}
+""",
+        )
     return None
 
 
@@ -559,7 +611,12 @@ def _test_spec(t: GraphTest) -> tuple[str, str | None, str, dict[str, Any]]:
             return model, t.column, t.test, args
     if t.test == "expression_is_true" and "safe_divide" in t.name:
         # Inline SQL of fhir_dbt_utils.safe_divide (jinja inside test arguments is not rendered).
-        return model, None, "expression_is_true", {"expression": "round(numerator / nullif(denominator, 0), 6) = measure"}
+        return (
+            model,
+            None,
+            "expression_is_true",
+            {"expression": "round(numerator / nullif(denominator, 0), 6) = measure"},
+        )
     return model, t.column or "metric_name", "not_null", {}
 
 
@@ -595,6 +652,7 @@ select * from {{ model }}
 where not ({{ expression }})
 {% endtest %}
 """
+
 
 def _yaml_scalar(v: Any) -> str:
     if isinstance(v, str):
@@ -675,10 +733,21 @@ def _seed_csv(name: str, metrics: list[str]) -> str:
             w.writerow([metric, 0, round(0.9 + (i % 10) / 100, 2)])
     elif name == "clinical_code_groups":
         w.writerow(["group_name", "code_system", "code", "display"])
-        groups = ["ckd", "copd", "diabetes", "heart_failure", "hypertension", "aki_med", "aki_lab", "aki_proc"]
+        groups = [
+            "ckd",
+            "copd",
+            "diabetes",
+            "heart_failure",
+            "hypertension",
+            "aki_med",
+            "aki_lab",
+            "aki_proc",
+        ]
         for i in range(400):
             g = groups[i % len(groups)]
-            w.writerow([g, "http://snomed.info/sct" if i % 3 else "http://loinc.org", f"C{i % 40}", f"{g} code {i}"])
+            w.writerow(
+                [g, "http://snomed.info/sct" if i % 3 else "http://loinc.org", f"C{i % 40}", f"{g} code {i}"]
+            )
     else:
         w.writerow(["id", "label"])
         for i in range(200):
@@ -697,25 +766,32 @@ def _write_source_hook(
     table if not exists`` makes it idempotent and cheap on repeated builds (also with
     ``--select``), and keeps incremental models' inputs stable across runs.
 
-    DuckDB identifiers are case-insensitive, so ``fhir.Binary`` and ``fhir.binary`` (both
-    declared by the graph) are the same physical table; it is created once.
+    DuckDB identifiers are case-insensitive, so sources ``fhir.Binary`` and ``fhir.binary`` (both
+    declared by the graph) are the same physical table (``fhir_src.binary``); it is created once.
     """
     physical: dict[tuple[str, str], int] = {}
     for schema, table in sorted(sources, key=lambda s: (s[0], s[1].lower())):
         key = (schema, table.lower())
         physical.setdefault(key, len(physical))
     rows = {f"{s}.{t}": SOURCE_BASE_ROWS + SOURCE_ROW_STEP * i for (s, t), i in physical.items()}
-    stmts = [f"create schema if not exists {s};" for s in sorted({s for s, _ in physical})]
+    # Catalog-qualified so that a database named like a schema cannot make names ambiguous.
+    db = '"{{ target.database }}".'
+    stmts = [
+        f"create schema if not exists {db}{physical_schema(s)};" for s in sorted({s for s, _ in physical})
+    ]
     for (schema, table), i in physical.items():
         stmts.append(
-            f"create table if not exists {schema}.{table} as\n"
+            f"create table if not exists {db}{physical_schema(schema)}.{table} as\n"
             + _fhir_rows_call(util_pkg, rows[f"{schema}.{table}"], i)
             + ";"
         )
     write(
         out / "macros" / "create_bench_sources.sql",
-        "-- on-run-start hook: creates the FHIR source tables (" + str(len(physical)) + " physical tables for "
-        + str(len(sources)) + " declared sources;\n-- DuckDB is case-insensitive, so e.g. fhir.Binary and"
+        "-- on-run-start hook: creates the FHIR source tables ("
+        + str(len(physical))
+        + " physical tables for "
+        + str(len(sources))
+        + " declared sources;\n-- DuckDB is case-insensitive, so e.g. fhir.Binary and"
         " fhir.binary are one table).\n{% macro create_bench_sources() %}\n"
         + "\n".join(stmts)
         + "\n{% endmacro %}\n",
@@ -749,7 +825,8 @@ def generate_fhir_project(
     util_pkg = table_list.package if table_list else root_package
     resource_dir = table_list.path.rsplit("/", 1)[0] if table_list else None
     resource_models = {
-        n for n, m in models.items()
+        n
+        for n, m in models.items()
         if resource_dir and m.path.rsplit("/", 1)[0] == resource_dir and n != "fhir_table_list"
     }
     metrics = sorted(n for n, m in models.items() if m.enabled and m.folder == "metrics")
@@ -831,13 +908,13 @@ from range({{ n_rows }}) as r(i)
     # --- sources ------------------------------------------------------------------------------
     # Declared in the package whose models read them (fhir_dbt_utils), schema = source name.
     by_source: dict[str, list[str]] = defaultdict(list)
-    for s, t in graph.sources:
-        by_source[s].append(t)
+    for src_name, table in graph.sources:
+        by_source[src_name].append(table)
     src_users = [m.package for m in models.values() if m.sources]
     src_pkg = max(sorted(set(src_users)), key=src_users.count) if src_users else root_package
     lines = ["version: 2", "", "sources:"]
     for s in sorted(by_source):
-        lines += [f"  - name: {s}", f"    schema: {s}", "    tables:"]
+        lines += [f"  - name: {s}", f"    schema: {physical_schema(s)}", "    tables:"]
         lines += [f"      - name: {t}" for t in sorted(by_source[s])]
     write(_package_dir(out, src_pkg, root_package) / "models" / "sources.yml", "\n".join(lines))
 
@@ -847,20 +924,25 @@ from range({{ n_rows }}) as r(i)
 
     # --- models -------------------------------------------------------------------------------
     resource_list = [
-        (r, snake(models[r].sources[0][1]) if models[r].sources else snake(r)) for r in sorted(resource_models)
+        (r, snake(models[r].sources[0][1]) if models[r].sources else snake(r))
+        for r in sorted(resource_models)
     ]
-    source_schema = sorted(by_source)[0] if by_source else "fhir"
+    source_schema = physical_schema(min(by_source) if by_source else "fhir")
     for idx, (name, m) in enumerate(models.items()):
         sql: str | None = None
         if name == "fhir_table_list" and not m.refs and not m.sources:
             sql = sql_table_list(m, resource_list, source_schema)
         elif name in resource_models and m.materialized != "incremental":
-            sql = sql_resource_view(m, resource_models, util_pkg, len(physical) + idx, runtime_sources)
-        elif m.folder == "metrics" and any(r in resource_models for r in m.refs) and not m.sources \
-                and m.materialized != "incremental":
+            sql = sql_resource_view(m, util_pkg, len(physical) + idx, runtime_sources)
+        elif (
+            m.folder == "metrics"
+            and any(r in resource_models for r in m.refs)
+            and not m.sources
+            and m.materialized != "incremental"
+        ):
             sql = sql_dq_metric(m, resource_models, metric_calc.get(name, "PROPORTION"))
         elif not m.sources:
-            bespoke = _bespoke(m, runtime_sources)
+            bespoke = _bespoke(m)
             if bespoke is not None and bespoke[0] == set(m.refs):
                 sql = _header(m, "bespoke") + bespoke[1]
         if sql is None:
@@ -873,7 +955,11 @@ from range({{ n_rows }}) as r(i)
     for t in graph.tests:
         model, col, test, args = _test_spec(t)
         gm = models[model]
-        yml = _package_dir(out, gm.package, root_package) / Path(gm.path).parent / f"_{Path(gm.path).parent.name}__tests.yml"
+        yml = (
+            _package_dir(out, gm.package, root_package)
+            / Path(gm.path).parent
+            / f"_{Path(gm.path).parent.name}__tests.yml"
+        )
         specs_by_file[yml].append((model, col, test, args, t.name))
     for yml, specs in sorted(specs_by_file.items()):
         write(yml, _tests_yaml(specs))
@@ -920,8 +1006,12 @@ def compare_manifest_to_graph(
     models = {n["name"]: n for n in nodes.values() if n["resource_type"] == "model"}
     want_enabled = {n for n, m in graph.models.items() if m.enabled}
     if set(models) != want_enabled:
-        problems.append(f"enabled models differ: extra={sorted(set(models) - want_enabled)} missing={sorted(want_enabled - set(models))}")
-    disabled = {d["name"] for ds in man.get("disabled", {}).values() for d in ds if d["resource_type"] == "model"}
+        problems.append(
+            f"enabled models differ: extra={sorted(set(models) - want_enabled)} missing={sorted(want_enabled - set(models))}"
+        )
+    disabled = {
+        d["name"] for ds in man.get("disabled", {}).values() for d in ds if d["resource_type"] == "model"
+    }
     want_disabled = set(graph.models) - want_enabled
     if disabled != want_disabled:
         problems.append(f"disabled models differ: {sorted(disabled ^ want_disabled)}")
@@ -929,11 +1019,21 @@ def compare_manifest_to_graph(
     edges = source_edges = 0
     for name in sorted(want_enabled & set(models)):
         gm, n = graph.models[name], models[name]
-        if (n["package_name"], n["original_file_path"], n["config"]["materialized"]) != (gm.package, gm.path, gm.materialized):
-            problems.append(f"{name}: package/path/materialized {n['package_name']}, {n['original_file_path']}, {n['config']['materialized']}")
+        if (n["package_name"], n["original_file_path"], n["config"]["materialized"]) != (
+            gm.package,
+            gm.path,
+            gm.materialized,
+        ):
+            problems.append(
+                f"{name}: package/path/materialized {n['package_name']}, {n['original_file_path']}, {n['config']['materialized']}"
+            )
         parents = n["depends_on"]["nodes"]
         ref_parents = sorted(names[p] for p in parents if p in names)
-        src_parents = sorted(tuple(man["sources"][p][k] for k in ("source_name", "name")) for p in parents if p in man["sources"])
+        src_parents = sorted(
+            tuple(man["sources"][p][k] for k in ("source_name", "name"))
+            for p in parents
+            if p in man["sources"]
+        )
         edges += len(ref_parents)
         source_edges += len(src_parents)
         if ref_parents != sorted(gm.refs):
@@ -948,7 +1048,11 @@ def compare_manifest_to_graph(
     sources = sorted((s["source_name"], s["name"]) for s in man["sources"].values())
     if sources != sorted(graph.sources):
         problems.append("sources differ")
-    tests = {n["name"]: sorted(names[p] for p in n["depends_on"]["nodes"]) for n in nodes.values() if n["resource_type"] == "test"}
+    tests = {
+        n["name"]: sorted(names[p] for p in n["depends_on"]["nodes"])
+        for n in nodes.values()
+        if n["resource_type"] == "test"
+    }
     want_tests = {t.name: sorted(t.depends_on) for t in graph.tests}
     if tests != want_tests:
         problems.append(f"tests differ: {sorted(set(tests) ^ set(want_tests))}")
@@ -967,7 +1071,9 @@ def compare_manifest_to_graph(
             "models_enabled": len(want_enabled),
             "models_disabled": len(want_disabled),
             "model_edges": sum(len(m.refs) for m in graph.models.values() if m.enabled),
-            "source_edges": 0 if runtime_sources else sum(len(m.sources) for m in graph.models.values() if m.enabled),
+            "source_edges": 0
+            if runtime_sources
+            else sum(len(m.sources) for m in graph.models.values() if m.enabled),
             "seeds": len(graph.seeds),
             "sources": len(graph.sources),
             "tests": len(graph.tests),
@@ -979,9 +1085,15 @@ def compare_manifest_to_graph(
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--graph", type=Path, default=DEFAULT_GRAPH, help="fhir_graph.json (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output dir, wiped first (default: %(default)s)")
-    parser.add_argument("--root-package", default="fhir_dbt_analytics", help="graph package used as the root project")
+    parser.add_argument(
+        "--graph", type=Path, default=DEFAULT_GRAPH, help="fhir_graph.json (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output dir, wiped first (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--root-package", default="fhir_dbt_analytics", help="graph package used as the root project"
+    )
     parser.add_argument(
         "--runtime-sources",
         action="store_true",
@@ -995,10 +1107,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.check_manifest:
-        report = compare_manifest_to_graph(args.check_manifest, args.graph, runtime_sources=args.runtime_sources)
+        report = compare_manifest_to_graph(
+            args.check_manifest, args.graph, runtime_sources=args.runtime_sources
+        )
         print(json.dumps(report, indent=2))
         raise SystemExit(1 if report["mismatches"] else 0)
-    out = generate_fhir_project(args.out, args.graph, root_package=args.root_package, runtime_sources=args.runtime_sources)
+    out = generate_fhir_project(
+        args.out, args.graph, root_package=args.root_package, runtime_sources=args.runtime_sources
+    )
     print(out)
 
 

@@ -36,11 +36,14 @@ from pathlib import Path
 try:  # imported as part of the ``benchmarks`` package
     from ._common import PROFILE_NAME, PROFILES_YML, reset_dir, write
 except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from _common import PROFILE_NAME, PROFILES_YML, reset_dir, write
+    from _common import PROFILE_NAME, PROFILES_YML, reset_dir, write  # type: ignore[no-redef]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_NAME = "synthetic_bench"
 SOURCE_NAME = "raw"
+# Physical schema of the source tables: not "raw", because a DuckDB file named raw.duckdb would make
+# views over "raw"."raw"."x" fail with "Ambiguous reference to catalog or schema".
+SOURCE_SCHEMA = "raw_src"
 MAX_FAN_IN = 4
 
 
@@ -160,8 +163,14 @@ def generate_synthetic_project(
         max_view_scans: max base relations an inlined view may scan before it becomes a table.
     """
     dag = build_dag(
-        nodes, layers=layers, seed=seed, test_share=test_share, table_share=table_share,
-        n_sources=n_sources, n_seeds=n_seeds, max_view_scans=max_view_scans,
+        nodes,
+        layers=layers,
+        seed=seed,
+        test_share=test_share,
+        table_share=table_share,
+        n_sources=n_sources,
+        n_seeds=n_seeds,
+        max_view_scans=max_view_scans,
     )
     out = reset_dir(Path(out_dir))
     kinds = {n.name: n.kind for n in dag}
@@ -193,10 +202,11 @@ flags:
     )
 
     sources = [n for n in dag if n.kind == "source"]
-    stmts = [f"create schema if not exists {SOURCE_NAME};"]
+    db = '"{{ target.database }}".'  # catalog-qualified: robust whatever the file is called
+    stmts = [f"create schema if not exists {db}{SOURCE_SCHEMA};"]
     for i, s in enumerate(sources):
         stmts.append(
-            f"create table if not exists {SOURCE_NAME}.{s.name} as\n"
+            f"create table if not exists {db}{SOURCE_SCHEMA}.{s.name} as\n"
             f"select r.i as id, (r.i * 7 + {i}) % 1000 as v from range({rows}) as r(i);"
         )
     write(
@@ -207,7 +217,7 @@ flags:
         write(
             out / "models" / "sources.yml",
             "version: 2\n\nsources:\n"
-            f"  - name: {SOURCE_NAME}\n    schema: {SOURCE_NAME}\n    tables:\n"
+            f"  - name: {SOURCE_NAME}\n    schema: {SOURCE_SCHEMA}\n    tables:\n"
             + "".join(f"      - name: {s.name}\n" for s in sources),
         )
     for i, s in enumerate(n for n in dag if n.kind == "seed"):
@@ -227,7 +237,13 @@ flags:
     for layer, tested in sorted(tests_by_layer.items()):
         lines = ["version: 2", "", "models:"]
         for n in tested:
-            lines += [f"  - name: {n.name}", "    columns:", "      - name: id", "        data_tests:", f"          - {n.test}"]
+            lines += [
+                f"  - name: {n.name}",
+                "    columns:",
+                "      - name: id",
+                "        data_tests:",
+                f"          - {n.test}",
+            ]
         write(out / "models" / f"layer_{layer:02d}" / f"_layer_{layer:02d}__tests.yml", "\n".join(lines))
 
     models = [n for n in dag if n.kind == "model"]
@@ -237,9 +253,15 @@ flags:
             {
                 "generator": "benchmarks/gen_synthetic.py",
                 "params": {
-                    "nodes": nodes, "layers": layers, "seed": seed, "test_share": test_share,
-                    "table_share": table_share, "n_sources": n_sources, "n_seeds": n_seeds,
-                    "rows": rows, "max_view_scans": max_view_scans,
+                    "nodes": nodes,
+                    "layers": layers,
+                    "seed": seed,
+                    "test_share": test_share,
+                    "table_share": table_share,
+                    "n_sources": n_sources,
+                    "n_seeds": n_seeds,
+                    "rows": rows,
+                    "max_view_scans": max_view_scans,
                 },
                 "expected": {
                     "models": len(models),
@@ -262,23 +284,48 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000, help="number of models (default: %(default)s)")
-    parser.add_argument("--layers", type=int, default=10, help="DAG depth in model layers (default: %(default)s)")
+    parser.add_argument(
+        "--layers", type=int, default=10, help="DAG depth in model layers (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="RNG seed (default: %(default)s)")
-    parser.add_argument("--test-share", type=float, default=0.2, help="share of models with a test (default: %(default)s)")
-    parser.add_argument("--table-share", type=float, default=0.1, help="share of models that are tables (default: %(default)s)")
-    parser.add_argument("--sources", type=int, default=3, help="source tables at the bottom (default: %(default)s)")
+    parser.add_argument(
+        "--test-share", type=float, default=0.2, help="share of models with a test (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--table-share",
+        type=float,
+        default=0.1,
+        help="share of models that are tables (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sources", type=int, default=3, help="source tables at the bottom (default: %(default)s)"
+    )
     parser.add_argument("--seeds", type=int, default=2, help="seed CSVs at the bottom (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=100, help="rows per source/seed (default: %(default)s)")
     parser.add_argument(
-        "--max-view-scans", type=int, default=16,
+        "--max-view-scans",
+        type=int,
+        default=16,
         help="views whose inlined query scans more base relations become tables (default: %(default)s)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output dir, wiped first (default: benchmarks/projects/synthetic_<nodes>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output dir, wiped first (default: benchmarks/projects/synthetic_<nodes>)",
+    )
     args = parser.parse_args(argv)
     out = args.out or REPO_ROOT / "benchmarks" / "projects" / f"synthetic_{args.nodes}"
     path = generate_synthetic_project(
-        out, args.nodes, layers=args.layers, seed=args.seed, test_share=args.test_share,
-        table_share=args.table_share, n_sources=args.sources, n_seeds=args.seeds, rows=args.rows,
+        out,
+        args.nodes,
+        layers=args.layers,
+        seed=args.seed,
+        test_share=args.test_share,
+        table_share=args.table_share,
+        n_sources=args.sources,
+        n_seeds=args.seeds,
+        rows=args.rows,
         max_view_scans=args.max_view_scans,
     )
     print(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+import typing
 from typing import Any
 
 from dagster import AssetsDefinition, BackfillPolicy, PartitionsDefinition, RetryPolicy
@@ -42,6 +43,7 @@ def dbt_watcher_assets(
     tags = {WATCHER_PRODUCER_TAG: "true", **(op_tags or {})}
 
     def decorator(fn: Callable[..., Any]) -> AssetsDefinition:
+        _resolve_string_annotations(fn)
         return dbt_assets(
             manifest=manifest,
             project=project,
@@ -58,3 +60,14 @@ def dbt_watcher_assets(
         )(fn)
 
     return decorator
+
+
+def _resolve_string_annotations(fn: Callable[..., Any]) -> None:
+    """Dagster checks `context: AssetExecutionContext` by identity, which fails in modules using
+    `from __future__ import annotations` (every annotation is a string). Resolve them here."""
+    if not any(isinstance(a, str) for a in getattr(fn, "__annotations__", {}).values()):
+        return
+    try:
+        fn.__annotations__.update(typing.get_type_hints(fn))
+    except Exception:  # noqa: BLE001 - unresolvable names: leave them, Dagster will say what is wrong
+        pass

@@ -152,12 +152,14 @@ class RunnerInvocation(DbtInvocation):
 
     def _callback(self, msg: Any) -> None:
         try:
-            name = msg.info.name
-            if name in WANTED_EVENTS:
-                self._queue.put(msg)
+            self._accept(msg)
         except BaseException as exc:  # never let dbt swallow it: report it after the run
             if self._callback_error is None:
                 self._callback_error = exc
+
+    def _accept(self, msg: Any) -> None:
+        if msg.info.name in WANTED_EVENTS:
+            self._queue.put(msg)
 
     def _run(self, manifest: Any) -> None:
         result: Any = None
