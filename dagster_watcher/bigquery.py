@@ -697,6 +697,7 @@ class _Run:
             for uid, count in self.remaining_parents.items():
                 if count == 0:
                     heapq.heappush(self.ready, (-self.graph[uid].priority, uid))
+            next_poll = time.monotonic()
             while len(self.finished) < len(self.graph):
                 progressed = False
                 if self.engine.cancelled:
@@ -704,13 +705,22 @@ class _Run:
                     progressed |= self._give_up_after_grace()
                 else:
                     progressed |= self._submit_ready()
-                progressed |= self._poll()
+                # At most one jobs.get per in-flight job per poll_interval, however many jobs
+                # finish in between; jobs that jobs.insert already answered DONE need no poll.
+                now = time.monotonic()
+                reload = now >= next_poll
+                if reload:
+                    next_poll = now + self.config.poll_interval
+                progressed |= self._poll(reload=reload)
                 yield from self._drain()
                 if len(self.finished) >= len(self.graph):
                     break
                 if not progressed:
-                    # Wake up early on cancel; otherwise wait one poll interval.
-                    self.engine._cancel_event.wait(self.config.poll_interval)
+                    pause = max(0.0, next_poll - time.monotonic())
+                    if self.engine.cancelled:
+                        time.sleep(pause)
+                    else:  # cancel() wakes the loop up at once
+                        self.engine._cancel_event.wait(pause)
             yield from self._drain()
         finally:
             leftover = [r.job for r in self.inflight.values() if r.job is not None]
@@ -994,11 +1004,11 @@ class _Run:
 
     # --------------------------------------------------------------------------------- polling
 
-    def _poll(self) -> bool:
+    def _poll(self, *, reload: bool = True) -> bool:
         progressed = False
         for uid, run in list(self.inflight.items()):
             job = run.job
-            if job.state != "DONE":  # jobs.insert may already have answered DONE
+            if job.state != "DONE" and reload:  # jobs.insert may already have answered DONE
                 try:
                     job.reload(retry=self.poll_retry, timeout=self.config.api_timeout)
                     run.poll_errors = 0

@@ -74,32 +74,36 @@ class DbtInvocation(abc.ABC):
 # invocations at once in one process would mix their events and configuration. Serialise them.
 _DBT_PROCESS_LOCK = threading.Lock()
 
-_MANIFEST_CACHE: dict[tuple[str, str, int], Any] = {}
-_MANIFEST_CACHE_LOCK = threading.Lock()
+_WRITABLE_CACHE: dict[tuple[str, str, int], Any] = {}
+_WRITABLE_CACHE_LOCK = threading.Lock()
 
 
 def dbt_manifest_from_json(manifest_json: Mapping[str, Any]) -> Any:
-    """dbt's in-memory ``Manifest`` for a manifest.json dict, built once per process and manifest.
+    """dbt's in-memory ``Manifest`` for a manifest.json dict, without parsing the project.
 
     dbtRunner accepts a pre-parsed manifest and then skips parsing entirely. Building it from the
     manifest.json the Dagster definitions were made from (dagster-dbt's ``DbtProject`` preparation or
-    a shipped manifest) is what lets the in-process mode start executing nodes without a second parse,
-    and guarantees dbt runs exactly the graph Dagster shows.
+    a shipped manifest) lets the in-process mode start executing nodes without a second parse, and
+    guarantees dbt runs exactly the graph Dagster shows.
+
+    The deserialised artifact is cached per process; the ``Manifest`` itself is rebuilt for every
+    invocation because dbt mutates it while it runs (compiled SQL, injected ephemeral CTEs), and a
+    reused one makes the next build skip work it must redo.
     """
     from dbt.contracts.graph.manifest import Manifest, WritableManifest
 
     meta = manifest_json.get("metadata") or {}
     key = (str(meta.get("invocation_id")), str(meta.get("generated_at")), len(manifest_json.get("nodes") or {}))
-    with _MANIFEST_CACHE_LOCK:
-        cached = _MANIFEST_CACHE.get(key)
-        if cached is None:
-            # from_dict mutates nothing it is given, but upgrade paths may: hand it a copy.
+    with _WRITABLE_CACHE_LOCK:
+        writable = _WRITABLE_CACHE.get(key)
+        if writable is None:
+            # Upgrade paths may mutate what they are given: hand them a copy.
             writable = WritableManifest.upgrade_schema_version(json.loads(json.dumps(manifest_json)))
-            cached = Manifest.from_writable_manifest(writable)
-            _retype_nodes(cached, manifest_json)
-            _MANIFEST_CACHE.clear()  # keep one version: an edited project must not pin old ones
-            _MANIFEST_CACHE[key] = cached
-        return cached
+            _WRITABLE_CACHE.clear()  # keep one version: an edited project must not pin old ones
+            _WRITABLE_CACHE[key] = writable
+    manifest = Manifest.from_writable_manifest(writable)
+    _retype_nodes(manifest, manifest_json)
+    return manifest
 
 
 def _retype_nodes(manifest: Any, manifest_json: Mapping[str, Any]) -> None:
