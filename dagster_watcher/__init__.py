@@ -2,8 +2,11 @@
 own asset, status, checks, retries and consumers."""
 
 from .asset_decorator import WATCHER_PRODUCER_TAG, dbt_watcher_assets
+from .consumers import build_watcher_sensors
 from .events import NodeResult, NodeStatus
+from .project import prepare_manifest
 from .resource import DbtWatcherResource, InvocationMode
+from .retry import WatcherRetryPolicy
 
 __all__ = [
     "WATCHER_PRODUCER_TAG",
@@ -11,5 +14,8 @@ __all__ = [
     "InvocationMode",
     "NodeResult",
     "NodeStatus",
+    "WatcherRetryPolicy",
+    "build_watcher_sensors",
     "dbt_watcher_assets",
+    "prepare_manifest",
 ]

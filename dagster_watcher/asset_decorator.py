@@ -3,16 +3,32 @@ dependencies, subsetting) for a producer that streams one ``dbt build`` through 
 
 from __future__ import annotations
 
+import json
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-import typing
 from typing import Any
 
 from dagster import AssetsDefinition, BackfillPolicy, PartitionsDefinition, RetryPolicy
 from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
 
+from .retry import WatcherRetryPolicy
+
 #: Op tag that marks a dagster-watcher producer (consumer sensors and retries look for it).
 WATCHER_PRODUCER_TAG = "dagster_watcher/producer"
+#: Op tag carrying the WatcherRetryPolicy's non-retryable patterns (JSON), read by the producer.
+NON_RETRYABLE_TAG = "dagster_watcher/non_retryable"
+#: Run tags the producer writes once per step: where its process lives (consumers check liveness).
+PID_TAG = "dagster_watcher/pid"
+HOST_TAG = "dagster_watcher/host"
+
+
+def policy_from_tags(tags: Mapping[str, Any]) -> WatcherRetryPolicy:
+    """The retry policy the producer op was defined with (default policy when none was given)."""
+    raw = tags.get(NON_RETRYABLE_TAG)
+    if raw:
+        return WatcherRetryPolicy(non_retryable=tuple(json.loads(raw)))
+    return WatcherRetryPolicy()
 
 
 def dbt_watcher_assets(
@@ -27,20 +43,26 @@ def dbt_watcher_assets(
     partitions_def: PartitionsDefinition | None = None,
     backfill_policy: BackfillPolicy | None = None,
     op_tags: Mapping[str, Any] | None = None,
-    retry_policy: RetryPolicy | None = None,
+    retry_policy: RetryPolicy | WatcherRetryPolicy | None = None,
     pool: str | None = None,
 ) -> Callable[[Callable[..., Any]], AssetsDefinition]:
     """Define one asset per dbt model/seed/snapshot and one asset check per dbt test, computed by a
     single ``dbt build`` whose node outcomes are written to Dagster as they finish.
 
     Takes the same arguments as dagster-dbt's ``@dbt_assets`` and produces the same asset keys, so
-    switching is one import. The body runs the build::
+    switching is one import. ``retry_policy`` may be a :class:`WatcherRetryPolicy`: a retried step then
+    re-runs only the nodes that did not succeed, in one dbt invocation. The body runs the build::
 
         @dbt_watcher_assets(manifest=my_project.manifest_path, project=my_project)
         def my_dbt(context: AssetExecutionContext, dbt_watcher: DbtWatcherResource):
             yield from dbt_watcher.build(context)
     """
-    tags = {WATCHER_PRODUCER_TAG: "true", **(op_tags or {})}
+    tags: dict[str, Any] = {WATCHER_PRODUCER_TAG: "true", **(op_tags or {})}
+    if isinstance(retry_policy, WatcherRetryPolicy):
+        # In-step retries: Dagster re-runs the op, and the producer then builds only what has not
+        # succeeded in this run. Errors the policy calls non-retryable fail the step for good.
+        tags[NON_RETRYABLE_TAG] = json.dumps(list(retry_policy.non_retryable))
+        retry_policy = retry_policy.to_dagster()
 
     def decorator(fn: Callable[..., Any]) -> AssetsDefinition:
         _resolve_string_annotations(fn)

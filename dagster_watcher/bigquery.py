@@ -47,7 +47,6 @@ from dagster_watcher.events import NodeResult, NodeStatus
 if TYPE_CHECKING:  # imported lazily at run time: google-cloud-bigquery is an optional dependency
     from google.auth.credentials import Credentials
     from google.cloud.bigquery import Client
-    from google.cloud.bigquery.job import LoadJob, QueryJob
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +415,8 @@ def _build_graph(
     a node also waits for the tests of its ancestors when all of a test's parents are ancestors of
     the node (dbt's ``add_test_edges``), so a failing test stops the models built on what it tests.
     """
-    all_nodes: Mapping[str, Any] = manifest.get("nodes") or {}
+    # unit tests live beside the nodes; they are reported (as unsupported), never silently dropped.
+    all_nodes: Mapping[str, Any] = {**(manifest.get("unit_tests") or {}), **(manifest.get("nodes") or {})}
     selected: dict[str, _Node] = {}
     for uid in unique_ids:
         raw = all_nodes.get(uid)
@@ -712,6 +712,8 @@ class _Run:
                 if reload:
                     next_poll = now + self.config.poll_interval
                 progressed |= self._poll(reload=reload)
+                if not (progressed or self.inflight or self.ready or self.engine.cancelled):
+                    self._fail_stuck()  # never expected; guarantees termination and a result each
                 yield from self._drain()
                 if len(self.finished) >= len(self.graph):
                     break
@@ -762,7 +764,7 @@ class _Run:
             try:
                 self._choose_plan(run)
                 self._advance(run)
-            except Exception as error:  # noqa: BLE001 - any API/planning error fails this node only
+            except Exception as error:
                 logger.exception("submitting %s failed", uid)
                 self._fail(run, f"{type(error).__name__}: {_error_text(error)}")
         return progressed
@@ -980,7 +982,7 @@ class _Run:
             data = Path(statement.load_path or "").read_bytes()
             # Seeds are small (dbt's own advice): the upload is one request, the load runs async.
             return client.load_table_from_file(
-                io.BytesIO(data), statement.load_destination, job_id=job_id,
+                io.BytesIO(data), str(statement.load_destination), job_id=job_id,
                 job_config=load_config, size=len(data), project=config.project,
                 location=config.location, timeout=config.api_timeout)
         query_config = bigquery.QueryJobConfig(labels=labels, use_legacy_sql=False)
@@ -991,7 +993,7 @@ class _Run:
             query_config.job_timeout_ms = timeout_ms
         # job_retry=None: with our own job id, a retried query must not get a new id; a transient
         # failure of the insert call itself is retried by `retry` and ends in 409 -> re-attach.
-        return client.query(statement.sql, job_config=query_config, job_id=job_id,
+        return client.query(str(statement.sql), job_config=query_config, job_id=job_id,
                             job_retry=None, project=config.project, location=config.location,
                             timeout=config.api_timeout)
 
@@ -1035,7 +1037,7 @@ class _Run:
                     continue
                 try:
                     self._advance(run)
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:
                     logger.exception("submitting the next statement of %s failed", uid)
                     self._fail(run, f"{type(error).__name__}: {_error_text(error)}")
             elif self.config.job_timeout and time.monotonic() - run.submitted_at > self.config.job_timeout:
@@ -1088,7 +1090,7 @@ class _Run:
         else:
             self._skip_descendants(spec.unique_id)
 
-    def _test_outcome(self, run: _NodeRun) -> tuple[NodeStatus, str, int | None, str]:
+    def _test_outcome(self, run: _NodeRun) -> tuple[NodeStatus, str, int | None, str | None]:
         job = run.done_jobs[-1]
         rows = list(job.result(timeout=self.config.api_timeout, max_results=10))
         if len(rows) != 1:
@@ -1121,6 +1123,13 @@ class _Run:
             self._emit(run, NodeStatus.SKIPPED, "skipped", skipped_because=(failed,),
                        message=f"skipped: upstream {failed} did not succeed")
             stack.extend(self.graph[uid].children)
+
+    def _fail_stuck(self) -> None:
+        for uid, run in self.runs.items():
+            if uid not in self.finished:
+                waiting = sorted(p for p in run.spec.parents if p not in self.finished)
+                self._emit(run, NodeStatus.ERROR, "error",
+                           message=f"internal error: node never became ready (waiting for {waiting})")
 
     def _give_up_after_grace(self) -> bool:
         """Cancellation is best effort: do not wait forever for jobs that ignore it."""
@@ -1295,7 +1304,7 @@ def compile_project(
         cmd += ["--vars", json.dumps(dict(vars))]
     if select:
         cmd += ["--select", *select]
-    proc = subprocess.run(cmd, capture_output=True, text=True,
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=str(project_dir))
     if proc.returncode != 0:
         raise RuntimeError(f"dbt compile failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"

@@ -21,6 +21,7 @@ from dagster_dbt.dagster_dbt_translator import DagsterDbtTranslator
 from .dagster_events import DagsterNodeEvent, NodeTarget, describe_failure, to_dagster_event
 from .events import DbtEventNormalizer, NodeResult, NodeStatus
 from .invocation import DbtInvocation
+from .retry import WatcherRetryPolicy, read_run_outcomes
 
 _UNIQUE_ID = "dagster_dbt/unique_id"
 _SELECT_TAG = "dagster_dbt/select"
@@ -99,6 +100,20 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
     return plan
 
 
+def succeeded_in_run(context: AssetExecutionContext) -> frozenset[str]:
+    """unique_ids of this step's nodes that already have a success recorded in this run."""
+    outcomes = read_run_outcomes(context.instance, context.run_id)
+    assets_def = context.assets_def
+    done: set[str] = set()
+    for key in outcomes.materialized & set(assets_def.keys):
+        done.add(assets_def.get_asset_spec(key).metadata[_UNIQUE_ID])
+    for check_key in outcomes.checks_done & set(assets_def.check_keys):
+        unique_id = (assets_def.get_spec_for_check_key(check_key).metadata or {}).get(_UNIQUE_ID)
+        if unique_id:
+            done.add(unique_id)
+    return frozenset(done)
+
+
 class _Progress:
     """A live progress line per node on stdout (compute logs / terminal), never in the event log."""
 
@@ -128,6 +143,7 @@ def stream_build(
     *,
     target_path: Path | None,
     progress: bool = True,
+    retry_policy: WatcherRetryPolicy | None = None,
 ) -> Iterator[DagsterNodeEvent]:
     """Run ``invocation`` and yield one Dagster event per node outcome as dbt reports it.
 
@@ -180,7 +196,10 @@ def stream_build(
     if failed:
         first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r)}" for r in failed[:5])
         more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
+        policy = retry_policy or WatcherRetryPolicy()
+        retryable = any(r.status is not NodeStatus.ERROR or policy.is_retryable(r.message) for r in failed)
         raise Failure(
+            allow_retries=retryable,
             description=f"{len(failed)} dbt node(s) did not succeed: {first}{more}",
             metadata={"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)},
         )

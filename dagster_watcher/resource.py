@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +17,8 @@ from pydantic import Field, field_validator
 
 from .dagster_events import DagsterNodeEvent
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
-from .producer import plan_for_context, stream_build
+from .asset_decorator import HOST_TAG, PID_TAG, policy_from_tags
+from .producer import plan_for_context, stream_build, succeeded_in_run
 
 InvocationMode = Literal["auto", "runner", "subprocess"]
 
@@ -166,10 +168,22 @@ class DbtWatcherResource(ConfigurableResource):
 
         Raises :class:`dagster.Failure` once every outcome is recorded if any node did not succeed.
         """
-        plan = plan_for_context(context)
+        already_done: frozenset[str] = frozenset()
+        if context.retry_number > 0:
+            # A retried step builds only what has not succeeded in this run so far, as recorded in the
+            # event log (so a retry on another machine sees the same truth).
+            already_done = succeeded_in_run(context)
+            context.log.info(
+                f"dagster-watcher: attempt {context.retry_number + 1}; {len(already_done)} node(s) already "
+                "succeeded in this run and are not rebuilt"
+            )
+        plan = plan_for_context(context, already_done)
         if plan.is_empty:
-            context.log.info("dagster-watcher: nothing selected in this step; dbt was not started.")
+            context.log.info("dagster-watcher: nothing left to build in this step; dbt was not started.")
             return
+        # One write per step: lets consumer sensors tell a live producer from a killed one (Dagster's
+        # default run launcher cannot health-check run workers).
+        context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
         args = self.build_args(plan.selection_args, extra_args, dbt_vars)
         invocation = self.make_invocation(args, plan.manifest)
         context.log.info(
@@ -181,4 +195,5 @@ class DbtWatcherResource(ConfigurableResource):
             invocation,
             target_path=self.resolved_target_path(),
             progress=self.progress,
+            retry_policy=policy_from_tags(context.op.tags),
         )

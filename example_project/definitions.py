@@ -10,14 +10,17 @@ from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetSelection,
     Definitions,
+    MaterializeResult,
     ScheduleDefinition,
+    asset,
     define_asset_job,
 )
 from dagster_dbt import DbtProject
 
-from dagster_watcher import DbtWatcherResource, dbt_watcher_assets
+from dagster_watcher import DbtWatcherResource, WatcherRetryPolicy, build_watcher_sensors, dbt_watcher_assets
 from dagster_watcher.project import prepare_manifest
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -42,9 +45,30 @@ shop_watcher_job = define_asset_job(
     description="Build every dbt node of the shop project in one `dbt build`.",
 )
 
+@asset(deps=[AssetKey("customers")], group_name="consumers")
+def customer_report(context: AssetExecutionContext) -> MaterializeResult:
+    """A consumer of the `customers` model. It starts while the dbt build is still running, so it
+    reads the model's materialization metadata from Dagster rather than the DuckDB file (a DuckDB
+    file admits one process at a time, and dbt holds it until the build ends)."""
+    latest = context.instance.get_latest_materialization_event(AssetKey("customers"))
+    md = latest.asset_materialization.metadata if latest and latest.asset_materialization else {}
+    relation = md["relation_name"].value if "relation_name" in md else None
+    return MaterializeResult(metadata={"upstream_run": latest.run_id if latest else "", "relation": str(relation)})
+
+
+customer_report_job = define_asset_job("customer_report_job", selection=[customer_report])
+
+consumer_sensors = build_watcher_sensors(
+    shop_dbt_assets,
+    downstream={"customers": customer_report_job},
+    retry_policy=WatcherRetryPolicy(max_retries=2),
+    minimum_interval_seconds=int(os.environ.get("DAGSTER_WATCHER_SENSOR_INTERVAL", "15")),
+)
+
 defs = Definitions(
-    assets=[shop_dbt_assets],
-    jobs=[shop_watcher_job],
+    assets=[shop_dbt_assets, customer_report],
+    jobs=[shop_watcher_job, customer_report_job],
+    sensors=consumer_sensors,
     schedules=[ScheduleDefinition(job=shop_watcher_job, cron_schedule="0 6 * * *", name="shop_daily")],
     resources={
         "dbt_watcher": DbtWatcherResource(
@@ -52,6 +76,8 @@ defs = Definitions(
             invocation_mode=os.environ.get("DAGSTER_WATCHER_INVOCATION_MODE", "auto"),  # type: ignore[arg-type]
             # e.g. DAGSTER_WATCHER_DBT_VARS='{"fail_model": "stg_orders"}' to see failure handling.
             dbt_vars=json.loads(os.environ.get("DAGSTER_WATCHER_DBT_VARS") or "{}"),
+            target_path=os.environ.get("DAGSTER_WATCHER_TARGET_PATH"),
+            threads=int(os.environ["DAGSTER_WATCHER_THREADS"]) if os.environ.get("DAGSTER_WATCHER_THREADS") else None,
         )
     },
 )

@@ -206,7 +206,7 @@ def install(root: Path | None = None, *, quiet: bool = True) -> ServerInstall:
 
 
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise ServerSetupError(f"could not {what} ({' '.join(cmd[:4])} ...):\n"
                                f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -292,12 +292,13 @@ def start(
     last_error = ""
     for _ in range(attempts):
         owns = data_dir is None
-        ddir = Path(tempfile.mkdtemp(prefix="bq-data-", dir=installation.root)) if owns else Path(data_dir)
+        ddir = Path(data_dir) if data_dir is not None else Path(
+            tempfile.mkdtemp(prefix="bq-data-", dir=installation.root))
         port, grpc_port = free_port(), free_port()
         while grpc_port == port:
             grpc_port = free_port()
         log_path = ddir.with_name(ddir.name + ".log") if owns else installation.root / f"server-{port}.log"
-        log_file = open(log_path, "wb")
+        log_file = open(log_path, "wb")  # noqa: SIM115 - stays open for the server's lifetime
         began = time.monotonic()
         process = subprocess.Popen(
             [str(installation.executable), "serve", "--host", "127.0.0.1", "--port", str(port),

@@ -108,6 +108,7 @@ def run_watcher(
     dbt_vars: Mapping[str, Any] | None = None,
     selection: Any = None,
     instance: DagsterInstance | None = None,
+    tags: Mapping[str, str] | None = None,
     **resource_config: Any,
 ) -> WatcherRun:
     """Materialize the watcher assets with real dbt on a fresh DuckDB file and a real SQLite instance."""
@@ -129,6 +130,7 @@ def run_watcher(
         resources={"dbt_watcher": resource},
         instance=instance,
         selection=selection,
+        tags=dict(tags or {}),
         raise_on_error=False,
     )
     return WatcherRun(instance, result, target_path, list(instance.all_logs(result.run_id)))

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ from dagster_watcher.bigquery import (
 )
 from dagster_watcher.events import NodeResult, NodeStatus
 
-try:  # tests/ has no __init__.py: pytest puts it on sys.path (rootdir-relative import otherwise)
-    import bigquery_server
-except ImportError:  # pragma: no cover - when tests/ becomes a package
+try:
     from tests import bigquery_server
+except ImportError:  # pragma: no cover - tests/ without __init__.py: pytest puts it on sys.path
+    import bigquery_server  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.bigquery
 
@@ -59,7 +59,9 @@ def bq_client(bq_server: bigquery_server.BigQueryServer) -> Any:
 
 
 @pytest.fixture(scope="session")
-def compile_for(bq_server: bigquery_server.BigQueryServer, tmp_path_factory: pytest.TempPathFactory):
+def compile_for(
+    bq_server: bigquery_server.BigQueryServer, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., dict[str, Any]]:
     """Compile the test project for one dataset (dbt-bigquery against the server) -> manifest."""
 
     def _compile(dataset: str, **vars: Any) -> dict[str, Any]:
@@ -264,9 +266,10 @@ def test_failure_carries_bigquery_error_and_skips_descendants(
 
     bad = results[uid("model", "bad_model")]
     assert bad.status is NodeStatus.ERROR and bad.dbt_status == "error"
-    assert "no_such_table" in bad.message and "was not found" in bad.message, bad.message
+    message = bad.message or ""
+    assert "no_such_table" in message and "was not found" in message, message
     job = bq_client.get_job(bad.adapter_response["job_id"])
-    assert job.error_result["message"] in bad.message
+    assert job.error_result["message"] in message
     for name in ("bad_child", "bad_grandchild"):
         skipped = results[uid("model", name)]
         assert skipped.status is NodeStatus.SKIPPED
@@ -334,7 +337,7 @@ def test_cancel_stops_in_flight_jobs_and_submits_nothing_more(
     def consume() -> None:
         try:
             results.extend(engine.run(long_manifest, selected, run_id=run_id))
-        except BaseException as error:  # surfaced by the assertion below
+        except Exception as error:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(error)
 
     worker = threading.Thread(target=consume)
@@ -357,7 +360,7 @@ def test_cancel_stops_in_flight_jobs_and_submits_nothing_more(
     assert len(statuses) == 3
     ran = [r for r in results if r.adapter_response.get("job_id") in inflight]
     assert len(ran) == 2 and all(r.status is NodeStatus.ERROR and r.dbt_status == "cancelled"
-                                 and "cancel" in r.message.lower() for r in ran)
+                                 and "cancel" in (r.message or "").lower() for r in ran)
     never = [r for r in results if r not in ran]
     assert [r.status for r in never] == [NodeStatus.LOST]
     # The third model never reached the server.
@@ -372,7 +375,7 @@ def test_job_timeout_cancels_the_job_and_fails_the_node(
     engine = engine_for(bq_server, job_timeout=2.0)
     [result] = list(engine.run(long_manifest, [model], run_id=f"timeout-{uuid.uuid4().hex[:8]}"))
     assert result.status is NodeStatus.ERROR
-    assert "job_timeout" in result.message and "cancelled" in result.message
+    assert "job_timeout" in (result.message or "") and "cancelled" in (result.message or "")
     job_id = result.adapter_response["job_id"]
     deadline = time.monotonic() + 60
     job = bq_client.get_job(job_id)
@@ -388,4 +391,107 @@ def test_manifest_must_be_compiled(bq_server: bigquery_server.BigQueryServer) ->
         "schema": "t_uncompiled", "config": {"materialized": "table"},
         "depends_on": {"nodes": []}}}}))
     [result] = list(engine_for(bq_server).run(raw, [uid("model", "m")], run_id="uncompiled"))
-    assert result.status is NodeStatus.ERROR and "dbt compile" in result.message
+    assert result.status is NodeStatus.ERROR and "dbt compile" in (result.message or "")
+
+
+# ------------------------------------------------------------------- hand-built manifests (no dbt)
+
+
+def _model(name: str, dataset: str, materialized: str, sql: str, *parents: str, **config: Any) -> dict:
+    return {"resource_type": "model", "name": name, "alias": name, "database": "test-proj",
+            "schema": dataset, "relation_name": f"`test-proj`.`{dataset}`.`{name}`",
+            "config": {"materialized": materialized, **config}, "compiled_code": sql,
+            "depends_on": {"nodes": list(parents)}}
+
+
+def test_replaces_a_relation_of_the_other_type(
+    bq_server: bigquery_server.BigQueryServer, bq_client: Any
+) -> None:
+    dataset, engine = "t_swap", engine_for(bq_server)
+    first = {"nodes": {uid("model", "swap"): _model("swap", dataset, "view", "select 1 as id"),
+                       uid("model", "inc"): _model("inc", dataset, "view", "select 1 as id")}}
+    assert all(r.status is NodeStatus.SUCCESS
+               for r in engine.run(first, list(first["nodes"]), run_id=f"swap1-{uuid.uuid4().hex[:8]}"))
+    assert bq_client.get_table(f"test-proj.{dataset}.swap").table_type == "VIEW"
+
+    second = {"nodes": {uid("model", "swap"): _model("swap", dataset, "table", "select 2 as id"),
+                        uid("model", "inc"): _model("inc", dataset, "incremental", "select 2 as id",
+                                                    unique_key="id")}}
+    results = by_id(list(engine.run(second, list(second["nodes"]),
+                                    run_id=f"swap2-{uuid.uuid4().hex[:8]}")))
+    assert results[uid("model", "swap")].adapter_response["plan"] == "table-replace"
+    assert results[uid("model", "inc")].adapter_response["plan"] == "create-replace"
+    for name in ("swap", "inc"):
+        assert results[uid("model", name)].status is NodeStatus.SUCCESS, results[uid("model", name)].message
+        assert bq_client.get_table(f"test-proj.{dataset}.{name}").table_type == "TABLE"
+        assert rows(bq_client, f"select id from `test-proj.{dataset}.{name}`") == [(2,)]
+
+    third = {"nodes": {uid("model", "swap"): _model("swap", dataset, "view", "select 3 as id")}}
+    [result] = list(engine.run(third, list(third["nodes"]), run_id=f"swap3-{uuid.uuid4().hex[:8]}"))
+    assert result.adapter_response["plan"] == "view-replace"
+    assert bq_client.get_table(f"test-proj.{dataset}.swap").table_type == "VIEW"
+
+
+def test_failing_test_skips_models_downstream_like_dbt_build(
+    bq_server: bigquery_server.BigQueryServer, bq_client: Any
+) -> None:
+    dataset = "t_gate"
+    dup = uid("model", "dup")
+    test_id = f"test.{PKG}.unique_dup_id"
+    nodes = {
+        dup: _model("dup", dataset, "table", "select 1 as id union all select 1 as id"),
+        uid("model", "after"): _model("after", dataset, "table",
+                                      f"select * from `test-proj`.`{dataset}`.`dup`", dup),
+        test_id: {"resource_type": "test", "name": "unique_dup_id", "database": "test-proj",
+                  "schema": dataset, "config": {"materialized": "test", "severity": "ERROR"},
+                  "depends_on": {"nodes": [dup]},
+                  "compiled_code": f"select id from `test-proj`.`{dataset}`.`dup` "
+                                   "group by id having count(*) > 1"},
+    }
+    run_id = f"gate-{uuid.uuid4().hex[:8]}"
+    results = by_id(list(engine_for(bq_server).run({"nodes": nodes}, list(nodes), run_id=run_id)))
+    assert results[dup].status is NodeStatus.SUCCESS
+    assert results[test_id].status is NodeStatus.FAIL and results[test_id].failures == 1
+    after = results[uid("model", "after")]
+    assert after.status is NodeStatus.SKIPPED and after.skipped_because == (test_id,)
+    assert job_count(jobs_of_run(bq_client, run_id), uid("model", "after")) == 0
+
+
+SLOW_SQL = ("select sum(mod(a * b + c, 7)) as s from unnest(generate_array(1, 1100)) a "
+            "cross join unnest(generate_array(1, 1100)) b cross join unnest(generate_array(1, 110)) c")
+
+
+def test_new_process_reattaches_to_a_job_still_running(
+    bq_server: bigquery_server.BigQueryServer, bq_client: Any
+) -> None:
+    dataset, run_id = "t_attach", f"attach-{uuid.uuid4().hex[:8]}"
+    slow, fast = uid("model", "slow"), uid("model", "fast")
+    manifest = {"nodes": {slow: _model("slow", dataset, "table", SLOW_SQL),
+                          fast: _model("fast", dataset, "table", "select 1 as x")}}
+    # The first "process" stops consuming after the fast model and leaves the slow job running.
+    first = engine_for(bq_server, cancel_on_close=False)
+    results = first.run(manifest, [slow, fast], run_id=run_id)
+    assert next(iter(results)).unique_id == fast
+    [slow_job_id] = first.inflight_job_ids()
+    results.close()  # type: ignore[attr-defined]
+    assert bq_client.get_job(slow_job_id).state in ("PENDING", "RUNNING")
+
+    second = by_id(list(engine_for(bq_server).run(manifest, [slow, fast], run_id=run_id)))
+    assert second[slow].status is NodeStatus.SUCCESS
+    assert second[slow].adapter_response["job_id"] == slow_job_id
+    assert second[fast].adapter_response["reattached"] and second[slow].adapter_response["reattached"]
+    assert len(jobs_of_run(bq_client, run_id)) == 2  # nothing was submitted twice
+
+
+def test_unsupported_nodes_fail_loudly_and_skip_their_children(
+    bq_server: bigquery_server.BigQueryServer, bq_client: Any
+) -> None:
+    dataset = "t_unsupported"
+    hooked, child = uid("model", "hooked"), uid("model", "hooked_child")
+    nodes = {hooked: _model("hooked", dataset, "table", "select 1 as id", **{"post-hook": ["grant"]}),
+             child: _model("hooked_child", dataset, "view", "select 1 as id", hooked)}
+    run_id = f"unsup-{uuid.uuid4().hex[:8]}"
+    results = by_id(list(engine_for(bq_server).run({"nodes": nodes}, list(nodes), run_id=run_id)))
+    assert results[hooked].status is NodeStatus.ERROR and "hooks" in (results[hooked].message or "")
+    assert results[child].status is NodeStatus.SKIPPED and results[child].skipped_because == (hooked,)
+    assert jobs_of_run(bq_client, run_id) == []
