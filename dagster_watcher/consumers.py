@@ -36,7 +36,6 @@ from dagster import (
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
-    SkipReason,
     define_asset_job,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -101,23 +100,29 @@ def _resolve_downstream(
     jobs: dict[str, JobDefinition | UnresolvedAssetJobDefinition] = {}
     attached: dict[AssetKey, list[str]] = {}
     for ref, targets in downstream.items():
-        key = ref if isinstance(ref, AssetKey) else by_name.get(ref)
-        if key is None or key not in assets.keys:
+        found = ref if isinstance(ref, AssetKey) else by_name.get(ref)
+        if found is None or found not in assets.keys:
             raise ValueError(
                 f"build_watcher_sensors: {ref!r} is not an asset of {assets.node_def.name!r}. Downstream "
                 "jobs attach to dbt models, seeds and snapshots that are assets; ephemeral and disabled "
                 "models never run on their own (attach to the first non-ephemeral model below them), "
                 "and models outside the definition's select/exclude are not built by it."
             )
+        key = found
         # Job definitions are records (tuples): test for a single target first.
-        single = isinstance(targets, JobDefinition | UnresolvedAssetJobDefinition | AssetSelection)
-        seq = [targets] if single else list(targets)  # type: ignore[arg-type]
+        seq: list[DownstreamTarget] = (
+            [targets]
+            if isinstance(targets, JobDefinition | UnresolvedAssetJobDefinition | AssetSelection)
+            else list(targets)
+        )
         for target in seq:
-            if isinstance(target, AssetSelection):
-                name = f"{'__'.join(key.path)}__downstream"
-                target = define_asset_job(name, selection=target)
-            jobs[target.name] = target
-            attached.setdefault(key, []).append(target.name)
+            job_def = (
+                define_asset_job(f"{'__'.join(key.path)}__downstream", selection=target)
+                if isinstance(target, AssetSelection)
+                else target
+            )
+            jobs[job_def.name] = job_def
+            attached.setdefault(key, []).append(job_def.name)
     return attached, list(jobs.values())
 
 
@@ -206,7 +211,10 @@ def _downstream_requests(context: SensorEvaluationContext, watched: WatchedAsset
                 RunRequest(
                     run_key=f"{_sensor_name(watched.key)}:{record.storage_id}:{job}",
                     job_name=job,
-                    tags={"dagster_watcher/upstream": watched.key.to_user_string(), "dagster_watcher/upstream_run": record.run_id},
+                    tags={
+                        "dagster_watcher/upstream": watched.key.to_user_string(),
+                        "dagster_watcher/upstream_run": record.run_id,
+                    },
                 )
             )
         cursor.materialization = max(cursor.materialization, record.storage_id)
@@ -258,7 +266,8 @@ def _retry_decision(
         (
             r
             for r in instance.fetch_observations(after, limit=5).records
-            if r.run_id == run_id and WATCHER_STATUS_KEY in (r.asset_observation.metadata if r.asset_observation else {})
+            if r.run_id == run_id
+            and WATCHER_STATUS_KEY in (r.asset_observation.metadata if r.asset_observation else {})
         ),
         None,
     )

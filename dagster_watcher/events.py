@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 
-class NodeStatus(str, enum.Enum):
+class NodeStatus(enum.StrEnum):
     """The terminal outcome of one dbt node, normalised across dbt versions and invocation modes."""
 
     SUCCESS = "success"

@@ -121,7 +121,7 @@ def _retype_nodes(manifest: Any, manifest_json: Mapping[str, Any]) -> None:
 
 
 class _Finished:
-    __slots__ = ("result", "error")
+    __slots__ = ("error", "result")
 
     def __init__(self, result: Any, error: BaseException | None) -> None:
         self.result = result

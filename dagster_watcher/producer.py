@@ -191,7 +191,10 @@ def stream_build(
     if exit_ is not None and not exit_.completed:
         raise Failure(
             description=f"dbt did not complete ({invocation.mode} mode): {exit_.error}",
-            metadata={"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)},
+            metadata={
+                "failed_nodes": MetadataValue.json(_failure_table(plan, failed)),
+                "summary": MetadataValue.md(summary),
+            },
         )
     if failed:
         first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r)}" for r in failed[:5])
@@ -201,7 +204,10 @@ def stream_build(
         raise Failure(
             allow_retries=retryable,
             description=f"{len(failed)} dbt node(s) did not succeed: {first}{more}",
-            metadata={"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)},
+            metadata={
+                "failed_nodes": MetadataValue.json(_failure_table(plan, failed)),
+                "summary": MetadataValue.md(summary),
+            },
         )
 
 
@@ -228,4 +234,3 @@ def _summary(plan: BuildPlan, results: Sequence[NodeResult], seconds: float) -> 
     lines.append("")
     lines.append(f"dagster-watcher: {len(results)} node outcomes in {seconds:.1f}s: {totals}")
     return "\n".join(lines)
-

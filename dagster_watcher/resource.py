@@ -15,9 +15,9 @@ from dagster import AssetExecutionContext, ConfigurableResource
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
+from .asset_decorator import HOST_TAG, PID_TAG, policy_from_tags
 from .dagster_events import DagsterNodeEvent
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
-from .asset_decorator import HOST_TAG, PID_TAG, policy_from_tags
 from .producer import plan_for_context, stream_build, succeeded_in_run
 
 InvocationMode = Literal["auto", "runner", "subprocess"]
@@ -80,7 +80,7 @@ class DbtWatcherResource(ConfigurableResource):
             project_dir = project_dir.project_dir
         if kwargs.get("profiles_dir") is not None:
             kwargs["profiles_dir"] = os.fspath(kwargs["profiles_dir"])
-        super().__init__(project_dir=os.fspath(project_dir), **kwargs)
+        super().__init__(project_dir=os.fspath(project_dir), **kwargs)  # type: ignore[call-arg]
 
     @field_validator("project_dir")
     @classmethod
@@ -116,7 +116,9 @@ class DbtWatcherResource(ConfigurableResource):
     def resolved_target_path(self) -> Path:
         return Path(self.target_path or Path(self.project_dir) / "target" / "dagster_watcher").absolute()
 
-    def build_args(self, selection_args: Sequence[str], extra_args: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
+    def build_args(
+        self, selection_args: Sequence[str], extra_args: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None
+    ) -> list[str]:
         """The `dbt build` arguments for a selection (without the executable)."""
         args = ["build", "--project-dir", self.project_dir, "--target-path", os.fspath(self.resolved_target_path())]
         profiles_dir = self.profiles_dir
@@ -186,9 +188,7 @@ class DbtWatcherResource(ConfigurableResource):
         context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
         args = self.build_args(plan.selection_args, extra_args, dbt_vars)
         invocation = self.make_invocation(args, plan.manifest)
-        context.log.info(
-            f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode"
-        )
+        context.log.info(f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode")
         yield from stream_build(
             context,
             plan,

@@ -45,6 +45,7 @@ shop_watcher_job = define_asset_job(
     description="Build every dbt node of the shop project in one `dbt build`.",
 )
 
+
 @asset(deps=[AssetKey("customers")], group_name="consumers")
 def customer_report(context: AssetExecutionContext) -> MaterializeResult:
     """A consumer of the `customers` model. It starts while the dbt build is still running, so it

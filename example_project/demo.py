@@ -51,9 +51,7 @@ def main() -> int:
     rows = []
     for key in sorted(module.shop_dbt_assets.keys, key=lambda k: k.to_user_string()):
         outcome, detail = "not run", ""
-        materialized = [
-            r for r in instance.fetch_materializations(key, limit=5).records if r.run_id == result.run_id
-        ]
+        materialized = [r for r in instance.fetch_materializations(key, limit=5).records if r.run_id == result.run_id]
         observed = [r for r in instance.fetch_observations(key, limit=5).records if r.run_id == result.run_id]
         if materialized:
             md = materialized[0].asset_materialization.metadata  # type: ignore[union-attr]
@@ -65,9 +63,7 @@ def main() -> int:
             detail = str(md["dagster_watcher/error"].value).splitlines()[0][:100]
         rows.append((key.to_user_string(), outcome, detail))
     checks = [
-        e.event_specific_data
-        for e in result.all_events
-        if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+        e.event_specific_data for e in result.all_events if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
     ]
 
     width = max(len(r[0]) for r in rows)

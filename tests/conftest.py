@@ -149,7 +149,10 @@ def _restore_duckdb_env() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def full_runs(shop_assets: AssetsDefinition, tmp_path_factory: pytest.TempPathFactory) -> dict[str, WatcherRun]:
     """One successful full build per invocation mode, shared by the tests that only read it."""
-    return {mode: run_watcher(shop_assets, tmp_path_factory.mktemp(f"full_{mode}"), mode=mode) for mode in ("runner", "subprocess")}
+    return {
+        mode: run_watcher(shop_assets, tmp_path_factory.mktemp(f"full_{mode}"), mode=mode)
+        for mode in ("runner", "subprocess")
+    }
 
 
 @pytest.fixture(scope="session")

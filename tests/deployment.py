@@ -281,7 +281,7 @@ def running_postgres(*, user: str = "dagster", database: str = "dagster", timeou
                     with conn.cursor() as cur:
                         cur.execute(f'create database "{database}"')
                 break
-            except Exception as exc:  # noqa: BLE001 - not up yet
+            except Exception as exc:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"postgres did not accept connections in {timeout}s: {exc}\n{log_path.read_text()}") from exc
                 time.sleep(0.2)

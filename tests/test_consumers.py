@@ -35,10 +35,19 @@ from .conftest import EXAMPLE, REPO, run_watcher
 
 ALL_ASSETS = {
     AssetKey(k)
-    for k in (
-        "raw_customers raw_orders raw_payments stg_customers stg_orders stg_payments customers orders "
-        "daily_revenue order_updates customers_snapshot"
-    ).split()
+    for k in [
+        "raw_customers",
+        "raw_orders",
+        "raw_payments",
+        "stg_customers",
+        "stg_orders",
+        "stg_payments",
+        "customers",
+        "orders",
+        "daily_revenue",
+        "order_updates",
+        "customers_snapshot",
+    ]
 }
 
 
@@ -88,7 +97,15 @@ def start_producer(tmp_path: Path, dbt_vars: dict[str, Any] | None = None, threa
         "DAGSTER_WATCHER_THREADS": str(threads),
     }
     return subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-f", str(EXAMPLE / "definitions.py"), "-j", "shop_watcher_job"],
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "job",
+            "execute",
+            "-f",
+            str(EXAMPLE / "definitions.py"),
+            "-j",
+            "shop_watcher_job",
+        ],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -128,11 +145,18 @@ def execute_request(
 ):  # type: ignore[no-untyped-def]
     """Run what a consumer requested (the daemon would launch it; here it runs in this process)."""
     return run_watcher(
-        assets, tmp_path, selection=list(request.asset_selection or []), instance=instance, tags=dict(request.tags), **kwargs
+        assets,
+        tmp_path,
+        selection=list(request.asset_selection or []),
+        instance=instance,
+        tags=dict(request.tags),
+        **kwargs,
     )
 
 
-def test_downstream_job_is_requested_while_the_producer_still_runs(shop_assets: AssetsDefinition, tmp_path: Path) -> None:
+def test_downstream_job_is_requested_while_the_producer_still_runs(
+    shop_assets: AssetsDefinition, tmp_path: Path
+) -> None:
     instance = instance_at(tmp_path)
     sensors = Sensors(build_watcher_sensors(shop_assets, downstream={"stg_customers": notify_job}), instance)
     producer = start_producer(tmp_path, threads=1)
@@ -151,7 +175,9 @@ def test_downstream_job_is_requested_while_the_producer_still_runs(shop_assets: 
 
         # The same tick evaluated again (same cursor) asks for the same run_key: the daemon launches once.
         sensors.cursors["watch_stg_customers"] = first_cursor
-        again = [r for r in wait_for(lambda: downstream_requested(), what="re-evaluation") if r.job_name == "notify_job"]
+        again = [
+            r for r in wait_for(lambda: downstream_requested(), what="re-evaluation") if r.job_name == "notify_job"
+        ]
         assert [r.run_key for r in again] == [r.run_key for r in requests]
         # With the advanced cursor, nothing new is requested for the same materialization.
         assert downstream_requested() == []
@@ -186,7 +212,11 @@ def test_flaky_model_costs_one_targeted_rerun_started_only_after_the_producer(
     requested = sensors.tick_all()
     assert len(requested) == 1, "several failed/skipped nodes, one batched re-materialization run"
     leader, request = requested[0]
-    assert set(request.asset_selection or []) == {AssetKey("stg_payments"), AssetKey("orders"), AssetKey("daily_revenue")}
+    assert set(request.asset_selection or []) == {
+        AssetKey("stg_payments"),
+        AssetKey("orders"),
+        AssetKey("daily_revenue"),
+    }
     assert request.tags[RETRY_OF_TAG] == run_id and request.tags[ATTEMPT_TAG] == "1"
     assert sensors.tick_all() == [], "a tick evaluated again launches nothing twice"
 
@@ -222,7 +252,9 @@ def test_sigkill_of_the_producer_mid_build(shop_assets: AssetsDefinition, tmp_pa
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE, (  # type: ignore[union-attr]
         "the consumer saw the producer's process is gone and ended the run: it is not green"
     )
-    assert materialized_by(instance, run_id) == finished, "nothing unfinished is shown as materialized by the killed run"
+    assert materialized_by(instance, run_id) == finished, (
+        "nothing unfinished is shown as materialized by the killed run"
+    )
     assert len(requested) == 1
     _, request = requested[0]
     assert set(request.asset_selection or []) == ALL_ASSETS - finished, "every unfinished node, and only those"

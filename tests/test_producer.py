@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckSeverity, AssetKey, AssetSelection, AssetsDefinition, DagsterEventType
+from dagster import AssetCheckSeverity, AssetKey, AssetsDefinition, AssetSelection, DagsterEventType
 from dagster_dbt import DbtCliResource, DbtProject, dbt_assets
 
 from dagster_watcher import DbtWatcherResource
@@ -220,8 +220,16 @@ def test_two_in_process_invocations_are_serialised(shop_manifest: dict, tmp_path
 
     def run(name: str) -> None:
         args = [
-            "build", "--project-dir", str(EXAMPLE), "--profiles-dir", str(EXAMPLE),
-            "--target-path", str(tmp_path / name), "--select", "raw_customers", "raw_orders",
+            "build",
+            "--project-dir",
+            str(EXAMPLE),
+            "--profiles-dir",
+            str(EXAMPLE),
+            "--target-path",
+            str(tmp_path / name),
+            "--select",
+            "raw_customers",
+            "raw_orders",
         ]
         inv = RunnerInvocation(args, manifest=shop_manifest)
         try:
