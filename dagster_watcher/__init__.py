@@ -2,7 +2,7 @@
 own asset, status, checks, retries and consumers."""
 
 from .asset_decorator import WATCHER_PRODUCER_TAG, dbt_watcher_assets
-from .consumers import build_watcher_sensors
+from .consumers import build_watcher_schedule, build_watcher_sensors
 from .events import NodeResult, NodeStatus
 from .project import prepare_manifest
 from .resource import DbtWatcherResource, InvocationMode
@@ -15,6 +15,7 @@ __all__ = [
     "NodeResult",
     "NodeStatus",
     "WatcherRetryPolicy",
+    "build_watcher_schedule",
     "build_watcher_sensors",
     "dbt_watcher_assets",
     "prepare_manifest",

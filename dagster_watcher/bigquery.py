@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -324,7 +324,7 @@ def _seed_schema(node: Mapping[str, Any], path: Path) -> tuple[tuple[str, str], 
     table = from_csv(str(path), text_columns=list(config.get("column_types") or {}),
                      delimiter=config.get("delimiter") or ",")
     schema = []
-    for index, (name, column_type) in enumerate(zip(table.column_names, table.column_types)):
+    for index, (name, column_type) in enumerate(zip(table.column_names, table.column_types, strict=True)):
         if name.lower() in overrides:
             bq_type = overrides[name.lower()]
         else:
@@ -622,7 +622,7 @@ class BigQueryEngine:
         *,
         full_refresh: bool = False,
         build_semantics: bool = True,
-    ) -> Iterator[NodeResult]:
+    ) -> Generator[NodeResult, None, None]:
         """Run the nodes; yield each node's terminal :class:`NodeResult` as soon as it is known.
 
         ``manifest``: a parsed ``manifest.json`` compiled for this BigQuery target.
@@ -686,7 +686,7 @@ class _Run:
 
     # ---------------------------------------------------------------------------- main loop
 
-    def iterate(self) -> Iterator[NodeResult]:
+    def iterate(self) -> Generator[NodeResult, None, None]:
         from google.api_core import retry as retries
 
         # Polls retry transient errors briefly; a longer outage is counted per job (max_poll_errors).
@@ -1217,15 +1217,22 @@ class _Run:
         }
 
 
-_PLANS = ("create", "create-replace", "incremental-merge", "incremental-append", "view",
-          "view-replace", "table", "table-replace", "seed", "test")
-
-
 def _plan_from_label(run: _NodeRun, label: str) -> str:
-    for plan in _PLANS:
+    """The plan an earlier attempt's job label names, if it is still valid for this node (a model
+    whose materialization changed since then gets a new attempt instead)."""
+    spec = run.spec
+    strategy = ((spec.node.get("config") or {}).get("incremental_strategy") or "merge").lower()
+    if strategy == "merge" and not _unique_keys(spec.node.get("config") or {}):
+        strategy = "append"
+    valid = {
+        "view": ("view", "view-replace"),
+        "table": ("table", "table-replace"),
+        "incremental": ("create", "create-replace", f"incremental-{strategy}"),
+    }.get(spec.materialized, (spec.resource_type,))
+    for plan in valid:
         if _label_value(plan) == label:
             return plan
-    raise ValueError(f"unknown plan label {label!r}")
+    raise ValueError(f"plan label {label!r} does not fit {spec.unique_id} ({spec.materialized})")
 
 
 def _main_job(jobs: Sequence[Any]) -> Any:
@@ -1299,7 +1306,8 @@ def compile_project(
         cmd += ["--target", target]
     if target_path is not None:
         target_path = Path(target_path).resolve()
-        cmd += ["--target-path", str(target_path)]
+        # Logs beside the artifacts, not in the project tree.
+        cmd += ["--target-path", str(target_path), "--log-path", str(target_path / "logs")]
     if vars:
         cmd += ["--vars", json.dumps(dict(vars))]
     if select:

@@ -30,12 +30,17 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     DagsterRunStatus,
+    DefaultScheduleStatus,
     DefaultSensorStatus,
     JobDefinition,
     RunRequest,
+    RunsFilter,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
+    SkipReason,
     define_asset_job,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -147,7 +152,7 @@ def build_watcher_sensors(
     """
     attached, downstream_jobs = _resolve_downstream(assets, downstream or {})
     retry_job = define_asset_job(
-        f"{assets.node_def.name}__watcher_retry",
+        retry_job_name(assets),
         selection=AssetSelection.assets(assets),
         description="Re-materializes dbt nodes that did not succeed (launched by dagster-watcher consumers).",
     )
@@ -169,6 +174,45 @@ def build_watcher_sensors(
             )
         )
     return sensors
+
+
+def retry_job_name(assets: AssetsDefinition) -> str:
+    """Name of the job consumer sensors launch re-materializations with."""
+    return f"{assets.node_def.name}__watcher_retry"
+
+
+def build_watcher_schedule(
+    assets: AssetsDefinition,
+    job: JobDefinition | UnresolvedAssetJobDefinition,
+    cron_schedule: str,
+    *,
+    name: str | None = None,
+    execution_timezone: str | None = None,
+    default_status: DefaultScheduleStatus = DefaultScheduleStatus.STOPPED,
+) -> ScheduleDefinition:
+    """A schedule for the watcher job that skips a tick while an earlier run of that job, or a consumer's
+    re-materialization run of the same assets, is still in progress, so two dbt builds never work on
+    the same models at once (and never on the same DuckDB file)."""
+    busy_jobs = {job.name, retry_job_name(assets)}
+
+    def evaluate(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        for job_name in sorted(busy_jobs):
+            running = context.instance.get_run_records(
+                RunsFilter(job_name=job_name, statuses=list(_IN_PROGRESS)), limit=1
+            )
+            if running:
+                run_id = running[0].dagster_run.run_id
+                return SkipReason(f"run {run_id[:8]} of {job_name} is still in progress; not starting another build.")
+        return RunRequest()
+
+    return ScheduleDefinition(
+        name=name or f"{job.name}_schedule",
+        cron_schedule=cron_schedule,
+        job=job,
+        execution_fn=evaluate,
+        execution_timezone=execution_timezone,
+        default_status=default_status,
+    )
 
 
 def _make_evaluation(

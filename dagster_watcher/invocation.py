@@ -219,6 +219,7 @@ class RunnerInvocation(DbtInvocation):
             if self._thread is not None and self._thread.is_alive():
                 self.cancel()
                 self._thread.join(timeout=30)
+            release_adapter_handles()
             _DBT_PROCESS_LOCK.release()
 
     def _exit_from(self, finished: _Finished) -> InvocationExit:
@@ -249,6 +250,32 @@ class RunnerInvocation(DbtInvocation):
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt)
             )
+
+
+def release_adapter_handles() -> None:
+    """Give back what an in-process dbt invocation holds once it is over, as the end of a `dbt` process
+    would: dbt's adapter connections, and dbt-duckdb's process-wide DuckDB instance, which otherwise
+    keeps the warehouse file open (a DuckDB file admits one process at a time: consumers and later
+    builds in other processes could not open it, and a build in this process would keep writing to a
+    file that was replaced on disk)."""
+    try:
+        from dbt.adapters.factory import reset_adapters
+
+        reset_adapters()
+    except Exception:  # noqa: BLE001 - best effort: never turn a finished build into a failure
+        pass
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:
+        return
+    with DuckDBConnectionManager._LOCK:
+        env = DuckDBConnectionManager._ENV
+        DuckDBConnectionManager._ENV = None
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _describe(exc: BaseException) -> str:
@@ -370,6 +397,7 @@ def parse_in_process(args: Sequence[str]) -> None:
         try:
             result = dbtRunner().invoke(list(args))
         finally:
+            release_adapter_handles()
             if saved is None:
                 os.environ.pop("DBT_SEND_ANONYMOUS_USAGE_STATS", None)
             else:

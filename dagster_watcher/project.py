@@ -4,8 +4,12 @@ extra process start) only when it is missing or stale."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 from dagster_dbt import DbtProject
 
@@ -26,12 +30,49 @@ def _newest_input_mtime(project_dir: Path) -> float:
     return newest
 
 
+_ENV_VAR_CALL = re.compile(r"""env_var\(\s*['"]([^'"]+)['"]""")
+
+
+def profile_fingerprint(profiles_dir: str | os.PathLike[str], target: str | None) -> dict[str, Any]:
+    """What the parsed manifest depends on in the profile: profiles.yml itself, the target, and the values
+    of the environment variables profiles.yml reads (e.g. a DuckDB path: its file name becomes the
+    database name baked into every relation of the manifest)."""
+    path = Path(profiles_dir) / "profiles.yml"
+    text = path.read_text() if path.is_file() else ""
+    names = sorted(set(_ENV_VAR_CALL.findall(text)))
+    return {
+        "profiles_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "target": target,
+        "env": {name: os.environ.get(name) for name in names},
+    }
+
+
+def _fingerprint_path(manifest_path: Path) -> Path:
+    return manifest_path.with_name("dagster_watcher_profile.json")
+
+
+def recorded_fingerprint(manifest_path: Path) -> dict[str, Any] | None:
+    """The fingerprint written when this manifest was parsed by :func:`prepare_manifest` (None when the
+    manifest came from elsewhere, or was re-parsed since)."""
+    try:
+        data = json.loads(_fingerprint_path(manifest_path).read_text())
+        generated_at = json.loads(manifest_path.read_text())["metadata"]["generated_at"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return data["fingerprint"] if data.get("generated_at") == generated_at else None
+
+
 def manifest_is_stale(project: DbtProject) -> bool:
-    """True when manifest.json is missing or older than a file dbt parses."""
+    """True when manifest.json is missing, older than a file dbt parses, or not known to have been parsed
+    against the current profile/target/environment."""
     manifest = Path(project.manifest_path)
     if not manifest.is_file():
         return True
-    return manifest.stat().st_mtime < _newest_input_mtime(Path(project.project_dir))
+    if manifest.stat().st_mtime < _newest_input_mtime(Path(project.project_dir)):
+        return True
+    # A manifest this module did not parse (or that was re-parsed since) may come from another
+    # environment: parse once more so the fingerprint vouches for it.
+    return recorded_fingerprint(manifest) != profile_fingerprint(project.profiles_dir, project.target)
 
 
 def prepare_manifest(project: DbtProject, *, force: bool = False) -> Path:
@@ -55,4 +96,14 @@ def prepare_manifest(project: DbtProject, *, force: bool = False) -> Path:
         if project.target:
             args += ["--target", project.target]
         parse_in_process(args)
+        manifest = Path(project.manifest_path)
+        _fingerprint_path(manifest).write_text(
+            json.dumps(
+                {
+                    "generated_at": json.loads(manifest.read_text())["metadata"]["generated_at"],
+                    "fingerprint": profile_fingerprint(project.profiles_dir, project.target),
+                },
+                indent=1,
+            )
+        )
     return Path(project.manifest_path)

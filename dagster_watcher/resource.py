@@ -13,12 +13,14 @@ from typing import Any, Literal
 
 from dagster import AssetExecutionContext, ConfigurableResource
 from dagster_dbt import DbtProject
+from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 from pydantic import Field, field_validator
 
 from .asset_decorator import HOST_TAG, PID_TAG, policy_from_tags
 from .dagster_events import DagsterNodeEvent
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
 from .producer import plan_for_context, stream_build, succeeded_in_run
+from .project import profile_fingerprint, recorded_fingerprint
 
 InvocationMode = Literal["auto", "runner", "subprocess"]
 
@@ -113,6 +115,22 @@ class DbtWatcherResource(ConfigurableResource):
             return "runner" if dbt_is_importable() else "subprocess"
         return self.invocation_mode
 
+    def _manifest_matches_profile(self, context: AssetExecutionContext) -> bool:
+        _, _, project = get_manifest_and_translator_from_dbt_assets([context.assets_def])
+        if project is None:
+            return True  # a manifest given without a DbtProject: nothing to compare, trust it
+        recorded = recorded_fingerprint(Path(project.manifest_path))
+        if recorded is None:
+            return True
+        return recorded == profile_fingerprint(
+            self._profiles_dir() or Path.home() / ".dbt", self.target or project.target
+        )
+
+    def _profiles_dir(self) -> str | None:
+        if self.profiles_dir is None and (Path(self.project_dir) / "profiles.yml").is_file():
+            return self.project_dir
+        return self.profiles_dir
+
     def resolved_target_path(self) -> Path:
         return Path(self.target_path or Path(self.project_dir) / "target" / "dagster_watcher").absolute()
 
@@ -121,9 +139,7 @@ class DbtWatcherResource(ConfigurableResource):
     ) -> list[str]:
         """The `dbt build` arguments for a selection (without the executable)."""
         args = ["build", "--project-dir", self.project_dir, "--target-path", os.fspath(self.resolved_target_path())]
-        profiles_dir = self.profiles_dir
-        if profiles_dir is None and (Path(self.project_dir) / "profiles.yml").is_file():
-            profiles_dir = self.project_dir
+        profiles_dir = self._profiles_dir()
         if profiles_dir:
             args += ["--profiles-dir", profiles_dir]
         if self.target:
@@ -187,7 +203,17 @@ class DbtWatcherResource(ConfigurableResource):
         # default run launcher cannot health-check run workers).
         context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
         args = self.build_args(plan.selection_args, extra_args, dbt_vars)
-        invocation = self.make_invocation(args, plan.manifest)
+        manifest: Mapping[str, Any] | None = plan.manifest
+        if self.resolved_mode() == "runner" and not self._manifest_matches_profile(context):
+            # The definitions' manifest was parsed against another profile/target/environment: its
+            # relation names may point at another database. Let dbt parse for this build instead.
+            context.log.warning(
+                "dagster-watcher: the manifest was parsed for a different profile, target or environment "
+                "than this build uses; dbt parses the project for this build. Re-parse (prepare_manifest) "
+                "with the build's settings to skip this."
+            )
+            manifest = None
+        invocation = self.make_invocation(args, manifest)
         context.log.info(f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode")
         yield from stream_build(
             context,

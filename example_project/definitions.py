@@ -14,13 +14,18 @@ from dagster import (
     AssetSelection,
     Definitions,
     MaterializeResult,
-    ScheduleDefinition,
     asset,
     define_asset_job,
 )
 from dagster_dbt import DbtProject
 
-from dagster_watcher import DbtWatcherResource, WatcherRetryPolicy, build_watcher_sensors, dbt_watcher_assets
+from dagster_watcher import (
+    DbtWatcherResource,
+    WatcherRetryPolicy,
+    build_watcher_schedule,
+    build_watcher_sensors,
+    dbt_watcher_assets,
+)
 from dagster_watcher.project import prepare_manifest
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -70,7 +75,8 @@ defs = Definitions(
     assets=[shop_dbt_assets, customer_report],
     jobs=[shop_watcher_job, customer_report_job],
     sensors=consumer_sensors,
-    schedules=[ScheduleDefinition(job=shop_watcher_job, cron_schedule="0 6 * * *", name="shop_daily")],
+    # Skips a tick while an earlier build or a consumer's retry of these models is still running.
+    schedules=[build_watcher_schedule(shop_dbt_assets, shop_watcher_job, "0 6 * * *", name="shop_daily")],
     resources={
         "dbt_watcher": DbtWatcherResource(
             project_dir=shop_project,

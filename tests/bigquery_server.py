@@ -121,8 +121,12 @@ def find_python313() -> Path:
     roots = [os.environ.get("PYENV_ROOT"), str(Path.home() / ".pyenv")]
     if shutil.which("pyenv"):
         with contextlib.suppress(subprocess.SubprocessError, OSError):
-            roots.insert(0, subprocess.run(["pyenv", "root"], capture_output=True, text=True,
-                                           check=True, timeout=30).stdout.strip())
+            roots.insert(
+                0,
+                subprocess.run(
+                    ["pyenv", "root"], capture_output=True, text=True, check=True, timeout=30
+                ).stdout.strip(),
+            )
     for root in filter(None, roots):
         versions = Path(root) / "versions"
         if versions.is_dir():
@@ -196,11 +200,12 @@ def install(root: Path | None = None, *, quiet: bool = True) -> ServerInstall:
         _run([*pip, "-c", str(constraints), *SERVER_REQUIREMENTS], "install local-bigquery")
         # DuckDB looks for extensions under $HOME/.duckdb: import them with the server's HOME.
         # Without `spatial` the server's first request fails and the process stays broken.
-        code = ("from duckdb_extensions import import_extension\n"
-                f"for name in {DUCKDB_EXTENSIONS!r}: import_extension(name)\n"
-                "import local_bigquery.cli\n")
-        _run([str(venv / "bin" / "python"), "-c", code], "import the DuckDB extensions",
-             env=result.env())
+        code = (
+            "from duckdb_extensions import import_extension\n"
+            f"for name in {DUCKDB_EXTENSIONS!r}: import_extension(name)\n"
+            "import local_bigquery.cli\n"
+        )
+        _run([str(venv / "bin" / "python"), "-c", code], "import the DuckDB extensions", env=result.env())
         marker.write_text(digest)
     return result
 
@@ -208,8 +213,9 @@ def install(root: Path | None = None, *, quiet: bool = True) -> ServerInstall:
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise ServerSetupError(f"could not {what} ({' '.join(cmd[:4])} ...):\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise ServerSetupError(
+            f"could not {what} ({' '.join(cmd[:4])} ...):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
 
 
 def free_port() -> int:
@@ -241,8 +247,11 @@ class BigQueryServer:
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import bigquery
 
-        return bigquery.Client(project=project or self.project, credentials=AnonymousCredentials(),
-                               client_options={"api_endpoint": self.url})
+        return bigquery.Client(
+            project=project or self.project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.url},
+        )
 
     def log_tail(self, chars: int = 4000) -> str:
         with contextlib.suppress(OSError):
@@ -292,8 +301,9 @@ def start(
     last_error = ""
     for _ in range(attempts):
         owns = data_dir is None
-        ddir = Path(data_dir) if data_dir is not None else Path(
-            tempfile.mkdtemp(prefix="bq-data-", dir=installation.root))
+        ddir = (
+            Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="bq-data-", dir=installation.root))
+        )
         port, grpc_port = free_port(), free_port()
         while grpc_port == port:
             grpc_port = free_port()
@@ -301,14 +311,37 @@ def start(
         log_file = open(log_path, "wb")  # noqa: SIM115 - stays open for the server's lifetime
         began = time.monotonic()
         process = subprocess.Popen(
-            [str(installation.executable), "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--grpc-port", str(grpc_port), "--project", project, "--data-dir", str(ddir)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=installation.env(), cwd=str(installation.root), start_new_session=True,
+            [
+                str(installation.executable),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--grpc-port",
+                str(grpc_port),
+                "--project",
+                project,
+                "--data-dir",
+                str(ddir),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=installation.env(),
+            cwd=str(installation.root),
+            start_new_session=True,
         )
-        server = BigQueryServer(process=process, port=port, grpc_port=grpc_port, project=project,
-                                data_dir=ddir, log_path=log_path, owns_data_dir=owns,
-                                _log_file=log_file)
+        server = BigQueryServer(
+            process=process,
+            port=port,
+            grpc_port=grpc_port,
+            project=project,
+            data_dir=ddir,
+            log_path=log_path,
+            owns_data_dir=owns,
+            _log_file=log_file,
+        )
         deadline = began + ready_timeout
         while time.monotonic() < deadline and process.poll() is None:
             if _ready(server.url, project):
@@ -342,8 +375,11 @@ def main(argv: list[str]) -> int:
     if command == "install":
         return 0
     with running_server(installation=installation) as server:
-        print(f"local-bigquery ready at {server.url} (project {server.project}, grpc "
-              f"{server.grpc_port}) in {server.started_in:.1f}s; Ctrl-C stops it", flush=True)
+        print(
+            f"local-bigquery ready at {server.url} (project {server.project}, grpc "
+            f"{server.grpc_port}) in {server.started_in:.1f}s; Ctrl-C stops it",
+            flush=True,
+        )
         with contextlib.suppress(KeyboardInterrupt):
             server.process.wait()
     return 0

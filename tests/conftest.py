@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,18 @@ EXAMPLE = REPO / "example_project"
 
 
 @pytest.fixture(scope="session")
-def shop_project(tmp_path_factory: pytest.TempPathFactory) -> DbtProject:
+def duckdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One DuckDB path for the session's in-process builds (each build starts from a fresh file).
+
+    The path stays the same because a manifest is parsed for one profile environment: the file name is
+    the database name in every relation (a changed path makes the producer re-parse, see test below)."""
+    path = tmp_path_factory.mktemp("duckdb") / "shop.duckdb"
+    os.environ["DAGSTER_WATCHER_DUCKDB_PATH"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shop_project(tmp_path_factory: pytest.TempPathFactory, duckdb_path: Path) -> DbtProject:
     """The example project, parsed once into a session temp dir (the repo's own target/ is not touched)."""
     target = tmp_path_factory.mktemp("shop_target")
     project = DbtProject(project_dir=EXAMPLE, profiles_dir=EXAMPLE, target_path=target)
@@ -109,10 +120,15 @@ def run_watcher(
     selection: Any = None,
     instance: DagsterInstance | None = None,
     tags: Mapping[str, str] | None = None,
+    fresh_database: bool = True,
     **resource_config: Any,
 ) -> WatcherRun:
-    """Materialize the watcher assets with real dbt on a fresh DuckDB file and a real SQLite instance."""
-    os.environ["DAGSTER_WATCHER_DUCKDB_PATH"] = str(tmp_path / "shop.duckdb")
+    """Materialize the watcher assets with real dbt on a fresh DuckDB file and a real SQLite instance.
+    ``fresh_database=False`` keeps the previous build's tables (a retry run builds on them)."""
+    database = Path(os.environ["DAGSTER_WATCHER_DUCKDB_PATH"])
+    if fresh_database:
+        for leftover in (database, database.with_name(database.name + ".wal")):
+            leftover.unlink(missing_ok=True)
     if instance is None:
         (tmp_path / "dagster_home").mkdir(exist_ok=True)
         instance = DagsterInstance.local_temp(str(tmp_path / "dagster_home"))
@@ -134,16 +150,6 @@ def run_watcher(
         raise_on_error=False,
     )
     return WatcherRun(instance, result, target_path, list(instance.all_logs(result.run_id)))
-
-
-@pytest.fixture(autouse=True)
-def _restore_duckdb_env() -> Iterator[None]:
-    saved = os.environ.get("DAGSTER_WATCHER_DUCKDB_PATH")
-    yield
-    if saved is None:
-        os.environ.pop("DAGSTER_WATCHER_DUCKDB_PATH", None)
-    else:
-        os.environ["DAGSTER_WATCHER_DUCKDB_PATH"] = saved
 
 
 @pytest.fixture(scope="session")

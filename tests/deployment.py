@@ -185,6 +185,9 @@ class PostgresServer:
                     "hostname": self.host,
                     "db_name": self.database,
                     "port": self.port,
+                    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; dagster-postgres
+                    # depends on psycopg2 (psycopg2-binary).
+                    "scheme": "postgresql+psycopg2",
                 }
             }
         }
@@ -228,7 +231,9 @@ def _postgres_user() -> str | None:
 
 
 @contextlib.contextmanager
-def running_postgres(*, user: str = "dagster", database: str = "dagster", timeout: float = 60) -> Iterator[PostgresServer]:
+def running_postgres(
+    *, user: str = "dagster", database: str = "dagster", timeout: float = 60
+) -> Iterator[PostgresServer]:
     """A fresh PostgreSQL cluster on 127.0.0.1:<free port>, removed afterwards."""
     bin_dir = _postgres_bin()
     run_as = _postgres_user()
@@ -283,7 +288,9 @@ def running_postgres(*, user: str = "dagster", database: str = "dagster", timeou
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres did not accept connections in {timeout}s: {exc}\n{log_path.read_text()}") from exc
+                    raise RuntimeError(
+                        f"postgres did not accept connections in {timeout}s: {exc}\n{log_path.read_text()}"
+                    ) from exc
                 time.sleep(0.2)
         server.database = database
         yield server
@@ -493,24 +500,141 @@ class GraphQLClient:
                 return events
 
     def captured_logs(self, run_id: str) -> dict[str, str]:
-        """stdout/stderr the compute log manager captured for each step of a run, by file key."""
-        data = self.query(
-            """query($runId: ID!) {
-              runOrError(runId: $runId) { ... on Run { stepStats { stepKey } } }
-            }""",
-            {"runId": run_id},
-        )["runOrError"]
+        """stdout + stderr the compute log manager captured for a run, by file key (one per process
+        that ran steps: see the run's LOGS_CAPTURED events)."""
+        file_keys = {
+            e["fileKey"]
+            for e in self.query(
+                """query($runId: ID!) {
+                  logsForRun(runId: $runId, limit: 100000) {
+                    ... on EventConnection { events { __typename ... on LogsCapturedEvent { fileKey } } }
+                  }
+                }""",
+                {"runId": run_id},
+            )["logsForRun"]["events"]
+            if e["__typename"] == "LogsCapturedEvent"
+        }
         out: dict[str, str] = {}
-        for step in data.get("stepStats") or []:
-            key = step["stepKey"]
-            for file_key in (key, "compute_logs"):
-                logs = self.query(
-                    """query($logKey: [String!]!) { capturedLogs(logKey: $logKey) { stdout stderr } }""",
-                    {"logKey": [run_id, "compute_logs", file_key]},
-                )["capturedLogs"]
-                if logs["stdout"] or logs["stderr"]:
-                    out[file_key] = f"{logs['stdout'] or ''}\n{logs['stderr'] or ''}"
+        for file_key in sorted(file_keys):
+            logs = self.query(
+                """query($logKey: [String!]!) { capturedLogs(logKey: $logKey) { stdout stderr } }""",
+                {"logKey": [run_id, "compute_logs", file_key]},
+            )["capturedLogs"]
+            out[file_key] = f"{logs['stdout'] or ''}\n{logs['stderr'] or ''}"
         return out
+
+    def runs(
+        self, limit: int = 100, *, job: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The instance's latest runs (optionally of one job / with these tags), newest first."""
+        run_filter: dict[str, Any] = {}
+        if job:
+            run_filter["pipelineName"] = job
+        if tags:
+            run_filter["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+        data = self.query(
+            """query($limit: Int, $filter: RunsFilter) {
+              runsOrError(limit: $limit, filter: $filter) {
+                __typename
+                ... on Runs { results { runId jobName status creationTime tags { key value } } }
+                ... on Error { message }
+              }
+            }""",
+            {"limit": limit, "filter": run_filter or None},
+        )["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise GraphQLError(f"runsOrError: {data}")
+        return data["results"]
+
+    def wait_for_new_run(
+        self,
+        *,
+        job: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        exclude: Sequence[str] = (),
+        timeout: float = 300,
+    ) -> str:
+        """Wait until a run (of ``job``, with ``tags``) not in ``exclude`` exists, e.g. one a sensor
+        launched; return its run id (the oldest such run)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.runs(job=job, tags=tags) if r["runId"] not in exclude]
+            if found:
+                return str(found[-1]["runId"])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no new run (job={job}, tags={tags}) after {timeout}s")
+            time.sleep(1)
+
+    def wait_until_idle(self, timeout: float = 300) -> None:
+        """Wait until no run is queued, starting, started or cancelling."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = [
+                r for r in self.runs() if r["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+            ]
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"runs still in progress after {timeout}s: {busy}")
+            time.sleep(0.5)
+
+    # -- sensors and UI state ----------------------------------------------------------------
+
+    def sensors(self, location: str = LOCATION, repository: str = REPOSITORY) -> list[dict[str, Any]]:
+        data = self.query(
+            """query($selector: RepositorySelector!) {
+              sensorsOrError(repositorySelector: $selector) {
+                __typename
+                ... on Sensors { results { name jobOriginId sensorState { id selectorId status } } }
+                ... on Error { message }
+              }
+            }""",
+            {"selector": {"repositoryName": repository, "repositoryLocationName": location}},
+        )["sensorsOrError"]
+        if data["__typename"] != "Sensors":
+            raise GraphQLError(f"sensorsOrError: {data}")
+        return data["results"]
+
+    def stop_sensor(self, sensor: Mapping[str, Any]) -> None:
+        data = self.query(
+            """mutation($originId: String, $selectorId: String) {
+              stopSensor(jobOriginId: $originId, jobSelectorId: $selectorId) {
+                __typename
+                ... on StopSensorMutationResult { instigationState { status } }
+                ... on Error { message }
+              }
+            }""",
+            {"originId": sensor["jobOriginId"], "selectorId": sensor["sensorState"]["selectorId"]},
+        )["stopSensor"]
+        if data["__typename"] != "StopSensorMutationResult" or data["instigationState"]["status"] != "STOPPED":
+            raise GraphQLError(f"stopSensor {sensor['name']}: {data}")
+
+    def start_sensor(self, name: str, location: str = LOCATION, repository: str = REPOSITORY) -> None:
+        data = self.query(
+            """mutation($selector: SensorSelector!) {
+              startSensor(sensorSelector: $selector) {
+                __typename
+                ... on Sensor { sensorState { status } }
+                ... on Error { message }
+              }
+            }""",
+            {"selector": {"repositoryName": repository, "repositoryLocationName": location, "sensorName": name}},
+        )["startSensor"]
+        if data["__typename"] != "Sensor" or data["sensorState"]["status"] != "RUNNING":
+            raise GraphQLError(f"startSensor {name}: {data}")
+
+    def stop_all_sensors(self) -> list[str]:
+        """Stop every running sensor of the location; return their names."""
+        stopped = []
+        for sensor in self.sensors():
+            if sensor["sensorState"]["status"] == "RUNNING":
+                self.stop_sensor(sensor)
+                stopped.append(sensor["name"])
+        return stopped
+
+    def dismiss_welcome_dialog(self) -> None:
+        """The UI greets a new instance with a "Join the Dagster community" dialog over every page."""
+        self.query("mutation { setNuxSeen }")
 
     # -- assets -------------------------------------------------------------------------------
 
@@ -576,7 +700,9 @@ class DagsterDev:
             return ""
 
 
-def write_dagster_yaml(home: Path, postgres: PostgresServer | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+def write_dagster_yaml(
+    home: Path, postgres: PostgresServer | None = None, extra: Mapping[str, Any] | None = None
+) -> Path:
     """A dagster.yaml for ``home``: SQLite storage in it (Dagster's default) or PostgreSQL storage."""
     config: dict[str, Any] = {"telemetry": {"enabled": False}}
     if postgres is not None:
@@ -630,6 +756,9 @@ def running_dagster_dev(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # A shell's background job starts with SIGINT ignored, and an ignored signal stays ignored
+            # across exec: dagster dev would then never get the Ctrl-C that makes it shut down cleanly.
+            preexec_fn=_default_sigint,
         )
     dev = DagsterDev(f"http://127.0.0.1:{port}", home, log_path, process, full_env)
     try:
@@ -637,6 +766,10 @@ def running_dagster_dev(
         yield dev
     finally:
         stop_process_tree(process, first_signal=signal.SIGINT, grace=30, env_marker=f"DAGSTER_HOME={home}")
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until_loaded(dev: DagsterDev, location: str, timeout: float) -> None:
@@ -717,17 +850,23 @@ def chromium_capture(
     budget_ms: int = 15000,
     timeout: float = 120,
 ) -> str:
-    """Render ``url`` in headless Chromium: save a PNG screenshot, return the DOM (both after letting
-    the page run for ``budget_ms`` of virtual time, so the React app has fetched and rendered)."""
+    """Render ``url`` in headless Chromium: save a PNG screenshot and return the DOM, both taken after
+    the page ran for ``budget_ms`` of virtual time (the React app has fetched its data and rendered)."""
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    common = [f"--window-size={window[0]},{window[1]}", f"--virtual-time-budget={budget_ms}"]
-    shot = _chromium([*common, f"--screenshot={screenshot}", url], timeout)
-    if not screenshot.is_file():
-        raise RuntimeError(f"chromium made no screenshot ({shot.returncode}):\n{shot.stderr[-3000:]}")
-    dom = _chromium([*common, "--dump-dom", url], timeout)
-    if dom.returncode != 0 or not dom.stdout.strip():
-        raise RuntimeError(f"chromium --dump-dom failed ({dom.returncode}):\n{dom.stderr[-3000:]}")
-    return dom.stdout
+    screenshot.unlink(missing_ok=True)
+    result = _chromium(
+        [
+            f"--window-size={window[0]},{window[1]}",
+            f"--virtual-time-budget={budget_ms}",
+            f"--screenshot={screenshot}",
+            "--dump-dom",
+            url,
+        ],
+        timeout,
+    )
+    if not screenshot.is_file() or not result.stdout.strip():
+        raise RuntimeError(f"chromium failed ({result.returncode}) on {url}:\n{result.stderr[-3000:]}")
+    return result.stdout
 
 
 # ------------------------------------------------------------------------------------ by hand

@@ -67,17 +67,23 @@ def compile_for(
     def _compile(dataset: str, **vars: Any) -> dict[str, Any]:
         target = tmp_path_factory.mktemp(f"target-{dataset}")
         return compile_project(
-            PROJECT_DIR, profiles_dir=PROJECT_DIR, target_path=target, vars=vars or None,
-            env={"BQ_API_ENDPOINT": bq_server.url, "BQ_PROJECT": bq_server.project,
-                 "BQ_DATASET": dataset, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+            PROJECT_DIR,
+            profiles_dir=PROJECT_DIR,
+            target_path=target,
+            vars=vars or None,
+            env={
+                "BQ_API_ENDPOINT": bq_server.url,
+                "BQ_PROJECT": bq_server.project,
+                "BQ_DATASET": dataset,
+                "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            },
         )
 
     return _compile
 
 
 def engine_for(server: bigquery_server.BigQueryServer, **overrides: Any) -> BigQueryEngine:
-    config = BigQueryEngineConfig(project=server.project, api_endpoint=server.url,
-                                  poll_interval=0.2, **overrides)
+    config = BigQueryEngineConfig(project=server.project, api_endpoint=server.url, poll_interval=0.2, **overrides)
     return BigQueryEngine(config)
 
 
@@ -90,8 +96,7 @@ def by_id(results: list[NodeResult]) -> dict[str, NodeResult]:
 def jobs_of_run(client: Any, run_id: str) -> list[Any]:
     """Every job the server holds whose id belongs to ``run_id`` (our ids are ``dw_<run>_...``)."""
     prefix = f"dw_{run_id}_"
-    return [j for j in client.list_jobs(all_users=True, max_results=100000)
-            if j.job_id.startswith(prefix)]
+    return [j for j in client.list_jobs(all_users=True, max_results=100000) if j.job_id.startswith(prefix)]
 
 
 def job_count(jobs: list[Any], unique_id: str) -> int:
@@ -105,12 +110,18 @@ def rows(client: Any, sql: str) -> list[tuple]:
 
 
 def selection(manifest: dict[str, Any], folder: str, *, with_seeds_and_tests: bool = False) -> list[str]:
-    chosen = [u for u, n in manifest["nodes"].items()
-              if n["resource_type"] == "model" and f"models/{folder}/" in n["original_file_path"]]
+    chosen = [
+        u
+        for u, n in manifest["nodes"].items()
+        if n["resource_type"] == "model" and f"models/{folder}/" in n["original_file_path"]
+    ]
     if with_seeds_and_tests:
         chosen += [u for u, n in manifest["nodes"].items() if n["resource_type"] == "seed"]
-        chosen += [u for u, n in manifest["nodes"].items() if n["resource_type"] == "test"
-                   and set(n["depends_on"]["nodes"]) <= set(chosen)]
+        chosen += [
+            u
+            for u, n in manifest["nodes"].items()
+            if n["resource_type"] == "test" and set(n["depends_on"]["nodes"]) <= set(chosen)
+        ]
     return sorted(set(chosen))
 
 
@@ -132,14 +143,29 @@ def test_job_ids_are_deterministic_sanitised_and_bounded() -> None:
 def test_plan_follows_ephemerals_and_gates_children_on_tests() -> None:
     nodes = {
         "seed.p.s": {"resource_type": "seed", "config": {"materialized": "seed"}, "depends_on": {}},
-        "model.p.a": {"resource_type": "model", "config": {"materialized": "view"},
-                      "depends_on": {"nodes": ["seed.p.s"]}, "compiled_code": "select 1"},
-        "model.p.e": {"resource_type": "model", "config": {"materialized": "ephemeral"},
-                      "depends_on": {"nodes": ["model.p.a"]}},
-        "model.p.b": {"resource_type": "model", "config": {"materialized": "table"},
-                      "depends_on": {"nodes": ["model.p.e"]}, "compiled_code": "select 1"},
-        "test.p.t": {"resource_type": "test", "config": {"materialized": "test"},
-                     "depends_on": {"nodes": ["model.p.a"]}, "compiled_code": "select 1"},
+        "model.p.a": {
+            "resource_type": "model",
+            "config": {"materialized": "view"},
+            "depends_on": {"nodes": ["seed.p.s"]},
+            "compiled_code": "select 1",
+        },
+        "model.p.e": {
+            "resource_type": "model",
+            "config": {"materialized": "ephemeral"},
+            "depends_on": {"nodes": ["model.p.a"]},
+        },
+        "model.p.b": {
+            "resource_type": "model",
+            "config": {"materialized": "table"},
+            "depends_on": {"nodes": ["model.p.e"]},
+            "compiled_code": "select 1",
+        },
+        "test.p.t": {
+            "resource_type": "test",
+            "config": {"materialized": "test"},
+            "depends_on": {"nodes": ["model.p.a"]},
+            "compiled_code": "select 1",
+        },
     }
     plan = BigQueryEngine(BigQueryEngineConfig(project="p")).plan({"nodes": nodes}, list(nodes))
     assert "model.p.e" not in plan  # ephemeral: inlined by dbt, not run
@@ -183,11 +209,18 @@ def test_builds_project_then_merges_and_appends_incrementally(
     assert bq_client.get_table(f"test-proj.{dataset}.stg_customers").table_type == "VIEW"
     dim = results[uid("model", "customer_totals")]
     assert dim.relation_name == f"`test-proj`.`{dataset}_marts`.`dim_customers`"
-    assert rows(bq_client, f"select id, double_amount from `test-proj.{dataset}_marts.dim_customers` "
-                           "order by id") == [(1, 21), (3, 60.5), (4, 0)]
+    assert rows(bq_client, f"select id, double_amount from `test-proj.{dataset}_marts.dim_customers` order by id") == [
+        (1, 21),
+        (3, 60.5),
+        (4, 0),
+    ]
     assert rows(bq_client, f"select count(*) from `test-proj.{dataset}.raw_customers`") == [(4,)]
-    assert rows(bq_client, f"select id, amount, batch from `test-proj.{dataset}.customers_merge` "
-                           "order by id") == [(1, 110.5, 1), (2, 120, 1), (3, 130.25, 1), (4, 100, 1)]
+    assert rows(bq_client, f"select id, amount, batch from `test-proj.{dataset}.customers_merge` order by id") == [
+        (1, 110.5, 1),
+        (2, 120, 1),
+        (3, 130.25, 1),
+        (4, 100, 1),
+    ]
     assert rows(bq_client, f"select count(*) from `test-proj.{dataset}.events_append`") == [(3,)]
 
     # adapter_response carries the job, its statement type, stats and a console link.
@@ -207,15 +240,23 @@ def test_builds_project_then_merges_and_appends_incrementally(
     assert merged.status is NodeStatus.SUCCESS, merged.message
     assert merged.adapter_response["plan"] == "incremental-merge"
     assert [bq_client.get_job(j).statement_type for j in merged.adapter_response["job_ids"]] == [
-        "CREATE_TABLE_AS_SELECT", "MERGE", "DROP_TABLE"]
+        "CREATE_TABLE_AS_SELECT",
+        "MERGE",
+        "DROP_TABLE",
+    ]
     assert merged.adapter_response["statement_type"] == "MERGE"
-    assert rows(bq_client, f"select id, amount, batch from `test-proj.{dataset}.customers_merge` "
-                           "order by id") == [(1, 110.5, 1), (2, 220, 2), (3, 230.25, 2), (4, 200, 2),
-                                              (5, 205, 2)]
+    assert rows(bq_client, f"select id, amount, batch from `test-proj.{dataset}.customers_merge` order by id") == [
+        (1, 110.5, 1),
+        (2, 220, 2),
+        (3, 230.25, 2),
+        (4, 200, 2),
+        (5, 205, 2),
+    ]
     appended = results_2[uid("model", "events_append")]
     assert appended.adapter_response["statement_type"] == "INSERT"
-    assert rows(bq_client, f"select batch, count(*) from `test-proj.{dataset}.events_append` "
-                           "group by batch order by batch") == [(1, 3), (2, 3)]
+    assert rows(
+        bq_client, f"select batch, count(*) from `test-proj.{dataset}.events_append` group by batch order by batch"
+    ) == [(1, 3), (2, 3)]
     tables = {t.table_id for t in bq_client.list_tables(f"test-proj.{dataset}")}
     assert not {t for t in tables if t.endswith("__dbt_tmp")}, tables
 
@@ -233,7 +274,9 @@ def test_builds_project_then_merges_and_appends_incrementally(
 def test_independent_slow_models_overlap_from_one_thread(
     bq_server: bigquery_server.BigQueryServer, bq_client: Any, compile_for: Any
 ) -> None:
-    manifest = compile_for("t_overlap", slow_n=1100)
+    # The local server holds each jobs.insert up to 1 s, so submissions are ~1 s apart: each query
+    # must run well over 2 s for three of them to be running at once (1300 -> several seconds).
+    manifest = compile_for("t_overlap", slow_n=1300)
     selected = selection(manifest, "slow")
     assert len(selected) == 3
     engine = engine_for(bq_server, max_concurrent_jobs=3)
@@ -284,7 +327,9 @@ def test_failure_carries_bigquery_error_and_skips_descendants(
 
 
 def test_rerun_with_same_run_id_reattaches_and_retries_only_what_failed(
-    bq_server: bigquery_server.BigQueryServer, bq_client: Any, broken_manifest: dict[str, Any],
+    bq_server: bigquery_server.BigQueryServer,
+    bq_client: Any,
+    broken_manifest: dict[str, Any],
     compile_for: Any,
 ) -> None:
     flaky, child, independent = (uid("model", n) for n in ("flaky", "flaky_child", "independent"))
@@ -311,8 +356,7 @@ def test_rerun_with_same_run_id_reattaches_and_retries_only_what_failed(
 
     # A third time: everything is done for this run id, nothing is submitted.
     third = by_id(list(engine.run(fixed, selected, run_id=run_id)))
-    assert all(r.status is NodeStatus.SUCCESS and r.adapter_response["reattached"]
-               for r in third.values())
+    assert all(r.status is NodeStatus.SUCCESS and r.adapter_response["reattached"] for r in third.values())
     assert len(jobs_of_run(bq_client, run_id)) == len(jobs)
 
 
@@ -359,8 +403,10 @@ def test_cancel_stops_in_flight_jobs_and_submits_nothing_more(
     statuses = by_id(results)
     assert len(statuses) == 3
     ran = [r for r in results if r.adapter_response.get("job_id") in inflight]
-    assert len(ran) == 2 and all(r.status is NodeStatus.ERROR and r.dbt_status == "cancelled"
-                                 and "cancel" in (r.message or "").lower() for r in ran)
+    assert len(ran) == 2 and all(
+        r.status is NodeStatus.ERROR and r.dbt_status == "cancelled" and "cancel" in (r.message or "").lower()
+        for r in ran
+    )
     never = [r for r in results if r not in ran]
     assert [r.status for r in never] == [NodeStatus.LOST]
     # The third model never reached the server.
@@ -386,10 +432,23 @@ def test_job_timeout_cancels_the_job_and_fails_the_node(
 
 
 def test_manifest_must_be_compiled(bq_server: bigquery_server.BigQueryServer) -> None:
-    raw = json.loads(json.dumps({"nodes": {uid("model", "m"): {
-        "resource_type": "model", "name": "m", "alias": "m", "database": "test-proj",
-        "schema": "t_uncompiled", "config": {"materialized": "table"},
-        "depends_on": {"nodes": []}}}}))
+    raw = json.loads(
+        json.dumps(
+            {
+                "nodes": {
+                    uid("model", "m"): {
+                        "resource_type": "model",
+                        "name": "m",
+                        "alias": "m",
+                        "database": "test-proj",
+                        "schema": "t_uncompiled",
+                        "config": {"materialized": "table"},
+                        "depends_on": {"nodes": []},
+                    }
+                }
+            }
+        )
+    )
     [result] = list(engine_for(bq_server).run(raw, [uid("model", "m")], run_id="uncompiled"))
     assert result.status is NodeStatus.ERROR and "dbt compile" in (result.message or "")
 
@@ -398,27 +457,40 @@ def test_manifest_must_be_compiled(bq_server: bigquery_server.BigQueryServer) ->
 
 
 def _model(name: str, dataset: str, materialized: str, sql: str, *parents: str, **config: Any) -> dict:
-    return {"resource_type": "model", "name": name, "alias": name, "database": "test-proj",
-            "schema": dataset, "relation_name": f"`test-proj`.`{dataset}`.`{name}`",
-            "config": {"materialized": materialized, **config}, "compiled_code": sql,
-            "depends_on": {"nodes": list(parents)}}
+    return {
+        "resource_type": "model",
+        "name": name,
+        "alias": name,
+        "database": "test-proj",
+        "schema": dataset,
+        "relation_name": f"`test-proj`.`{dataset}`.`{name}`",
+        "config": {"materialized": materialized, **config},
+        "compiled_code": sql,
+        "depends_on": {"nodes": list(parents)},
+    }
 
 
-def test_replaces_a_relation_of_the_other_type(
-    bq_server: bigquery_server.BigQueryServer, bq_client: Any
-) -> None:
+def test_replaces_a_relation_of_the_other_type(bq_server: bigquery_server.BigQueryServer, bq_client: Any) -> None:
     dataset, engine = "t_swap", engine_for(bq_server)
-    first = {"nodes": {uid("model", "swap"): _model("swap", dataset, "view", "select 1 as id"),
-                       uid("model", "inc"): _model("inc", dataset, "view", "select 1 as id")}}
-    assert all(r.status is NodeStatus.SUCCESS
-               for r in engine.run(first, list(first["nodes"]), run_id=f"swap1-{uuid.uuid4().hex[:8]}"))
+    first = {
+        "nodes": {
+            uid("model", "swap"): _model("swap", dataset, "view", "select 1 as id"),
+            uid("model", "inc"): _model("inc", dataset, "view", "select 1 as id"),
+        }
+    }
+    assert all(
+        r.status is NodeStatus.SUCCESS
+        for r in engine.run(first, list(first["nodes"]), run_id=f"swap1-{uuid.uuid4().hex[:8]}")
+    )
     assert bq_client.get_table(f"test-proj.{dataset}.swap").table_type == "VIEW"
 
-    second = {"nodes": {uid("model", "swap"): _model("swap", dataset, "table", "select 2 as id"),
-                        uid("model", "inc"): _model("inc", dataset, "incremental", "select 2 as id",
-                                                    unique_key="id")}}
-    results = by_id(list(engine.run(second, list(second["nodes"]),
-                                    run_id=f"swap2-{uuid.uuid4().hex[:8]}")))
+    second = {
+        "nodes": {
+            uid("model", "swap"): _model("swap", dataset, "table", "select 2 as id"),
+            uid("model", "inc"): _model("inc", dataset, "incremental", "select 2 as id", unique_key="id"),
+        }
+    }
+    results = by_id(list(engine.run(second, list(second["nodes"]), run_id=f"swap2-{uuid.uuid4().hex[:8]}")))
     assert results[uid("model", "swap")].adapter_response["plan"] == "table-replace"
     assert results[uid("model", "inc")].adapter_response["plan"] == "create-replace"
     for name in ("swap", "inc"):
@@ -440,13 +512,16 @@ def test_failing_test_skips_models_downstream_like_dbt_build(
     test_id = f"test.{PKG}.unique_dup_id"
     nodes = {
         dup: _model("dup", dataset, "table", "select 1 as id union all select 1 as id"),
-        uid("model", "after"): _model("after", dataset, "table",
-                                      f"select * from `test-proj`.`{dataset}`.`dup`", dup),
-        test_id: {"resource_type": "test", "name": "unique_dup_id", "database": "test-proj",
-                  "schema": dataset, "config": {"materialized": "test", "severity": "ERROR"},
-                  "depends_on": {"nodes": [dup]},
-                  "compiled_code": f"select id from `test-proj`.`{dataset}`.`dup` "
-                                   "group by id having count(*) > 1"},
+        uid("model", "after"): _model("after", dataset, "table", f"select * from `test-proj`.`{dataset}`.`dup`", dup),
+        test_id: {
+            "resource_type": "test",
+            "name": "unique_dup_id",
+            "database": "test-proj",
+            "schema": dataset,
+            "config": {"materialized": "test", "severity": "ERROR"},
+            "depends_on": {"nodes": [dup]},
+            "compiled_code": f"select id from `test-proj`.`{dataset}`.`dup` group by id having count(*) > 1",
+        },
     }
     run_id = f"gate-{uuid.uuid4().hex[:8]}"
     results = by_id(list(engine_for(bq_server).run({"nodes": nodes}, list(nodes), run_id=run_id)))
@@ -457,8 +532,10 @@ def test_failing_test_skips_models_downstream_like_dbt_build(
     assert job_count(jobs_of_run(bq_client, run_id), uid("model", "after")) == 0
 
 
-SLOW_SQL = ("select sum(mod(a * b + c, 7)) as s from unnest(generate_array(1, 1100)) a "
-            "cross join unnest(generate_array(1, 1100)) b cross join unnest(generate_array(1, 110)) c")
+SLOW_SQL = (
+    "select sum(mod(a * b + c, 7)) as s from unnest(generate_array(1, 1300)) a "
+    "cross join unnest(generate_array(1, 1300)) b cross join unnest(generate_array(1, 130)) c"
+)
 
 
 def test_new_process_reattaches_to_a_job_still_running(
@@ -466,14 +543,18 @@ def test_new_process_reattaches_to_a_job_still_running(
 ) -> None:
     dataset, run_id = "t_attach", f"attach-{uuid.uuid4().hex[:8]}"
     slow, fast = uid("model", "slow"), uid("model", "fast")
-    manifest = {"nodes": {slow: _model("slow", dataset, "table", SLOW_SQL),
-                          fast: _model("fast", dataset, "table", "select 1 as x")}}
+    manifest = {
+        "nodes": {
+            slow: _model("slow", dataset, "table", SLOW_SQL),
+            fast: _model("fast", dataset, "table", "select 1 as x"),
+        }
+    }
     # The first "process" stops consuming after the fast model and leaves the slow job running.
     first = engine_for(bq_server, cancel_on_close=False)
     results = first.run(manifest, [slow, fast], run_id=run_id)
     assert next(iter(results)).unique_id == fast
     [slow_job_id] = first.inflight_job_ids()
-    results.close()  # type: ignore[attr-defined]
+    results.close()
     assert bq_client.get_job(slow_job_id).state in ("PENDING", "RUNNING")
 
     second = by_id(list(engine_for(bq_server).run(manifest, [slow, fast], run_id=run_id)))
@@ -488,8 +569,10 @@ def test_unsupported_nodes_fail_loudly_and_skip_their_children(
 ) -> None:
     dataset = "t_unsupported"
     hooked, child = uid("model", "hooked"), uid("model", "hooked_child")
-    nodes = {hooked: _model("hooked", dataset, "table", "select 1 as id", **{"post-hook": ["grant"]}),
-             child: _model("hooked_child", dataset, "view", "select 1 as id", hooked)}
+    nodes = {
+        hooked: _model("hooked", dataset, "table", "select 1 as id", **{"post-hook": ["grant"]}),
+        child: _model("hooked_child", dataset, "view", "select 1 as id", hooked),
+    }
     run_id = f"unsup-{uuid.uuid4().hex[:8]}"
     results = by_id(list(engine_for(bq_server).run({"nodes": nodes}, list(nodes), run_id=run_id)))
     assert results[hooked].status is NodeStatus.ERROR and "hooks" in (results[hooked].message or "")

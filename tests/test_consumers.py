@@ -23,12 +23,20 @@ from dagster import (
     DagsterRunStatus,
     RunRequest,
     SensorDefinition,
+    build_schedule_context,
     build_sensor_context,
+    define_asset_job,
     job,
     op,
 )
 
-from dagster_watcher import DbtWatcherResource, WatcherRetryPolicy, build_watcher_sensors, dbt_watcher_assets
+from dagster_watcher import (
+    DbtWatcherResource,
+    WatcherRetryPolicy,
+    build_watcher_schedule,
+    build_watcher_sensors,
+    dbt_watcher_assets,
+)
 from dagster_watcher.retry import ATTEMPT_TAG, RETRY_OF_TAG
 
 from .conftest import EXAMPLE, REPO, run_watcher
@@ -88,10 +96,12 @@ def start_producer(tmp_path: Path, dbt_vars: dict[str, Any] | None = None, threa
     """The example's watcher job in its own process group, as a deployment would run it."""
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
+    # The session's DuckDB path (fresh file): retries run in this process then build on its tables.
+    database = Path(os.environ["DAGSTER_WATCHER_DUCKDB_PATH"])
+    database.unlink(missing_ok=True)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "DAGSTER_WATCHER_DUCKDB_PATH": str(tmp_path / "shop.duckdb"),
         "DAGSTER_WATCHER_TARGET_PATH": str(tmp_path / "producer_target"),
         "DAGSTER_WATCHER_DBT_VARS": json.dumps(dbt_vars or {}),
         "DAGSTER_WATCHER_THREADS": str(threads),
@@ -150,6 +160,7 @@ def execute_request(
         selection=list(request.asset_selection or []),
         instance=instance,
         tags=dict(request.tags),
+        fresh_database=False,  # a retry builds on what the failed run left
         **kwargs,
     )
 
@@ -162,6 +173,11 @@ def test_downstream_job_is_requested_while_the_producer_still_runs(
     producer = start_producer(tmp_path, threads=1)
     try:
         run_id = wait_for(lambda: only_run(instance), what="the producer run")
+        # The example's daily schedule does not start a second build while this one runs.
+        job_def = define_asset_job("shop_watcher_job", selection=[shop_assets])
+        schedule = build_watcher_schedule(shop_assets, job_def, "0 6 * * *")
+        tick = schedule.evaluate_tick(build_schedule_context(instance=instance))
+        assert not tick.run_requests and "still in progress" in (tick.skip_message or "")
 
         def downstream_requested() -> list[RunRequest]:
             requests, _ = sensors.tick("watch_stg_customers")
@@ -184,10 +200,11 @@ def test_downstream_job_is_requested_while_the_producer_still_runs(
     finally:
         producer.wait(timeout=300)
     assert producer.returncode == 0
+    assert schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests, "free again once it ended"
 
 
 def test_flaky_model_costs_one_targeted_rerun_started_only_after_the_producer(
-    shop_assets: AssetsDefinition, tmp_path: Path
+    shop_assets: AssetsDefinition, tmp_path: Path, duckdb_path: Path
 ) -> None:
     flaky_dir = tmp_path / "flaky"
     flaky_dir.mkdir()
@@ -233,7 +250,7 @@ def test_flaky_model_costs_one_targeted_rerun_started_only_after_the_producer(
     assert sensors.tick_all() == []
 
 
-def test_sigkill_of_the_producer_mid_build(shop_assets: AssetsDefinition, tmp_path: Path) -> None:
+def test_sigkill_of_the_producer_mid_build(shop_assets: AssetsDefinition, tmp_path: Path, duckdb_path: Path) -> None:
     instance = instance_at(tmp_path)
     sensors = Sensors(build_watcher_sensors(shop_assets), instance)
     producer = start_producer(tmp_path, threads=1)

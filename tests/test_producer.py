@@ -214,7 +214,6 @@ def test_exception_in_dbt_callback_fails_the_run_instead_of_hanging(
 def test_two_in_process_invocations_are_serialised(shop_manifest: dict, tmp_path: Path) -> None:
     """dbt's process-global state means two dbtRunner builds at once would mix their events: the
     second waits for the first, and each stream carries only its own invocation's events."""
-    os.environ["DAGSTER_WATCHER_DUCKDB_PATH"] = str(tmp_path / "shop.duckdb")
     seen: dict[str, list[tuple[float, str | None]]] = {"a": [], "b": []}
     errors: list[BaseException] = []
 
@@ -251,3 +250,38 @@ def test_two_in_process_invocations_are_serialised(shop_manifest: dict, tmp_path
     assert a[0][1] != b[0][1], "two separate dbt invocations"
     first, second = (a, b) if a[0][0] < b[0][0] else (b, a)
     assert first[-1][0] < second[0][0], "one invocation's events all came before the other's"
+
+
+def test_runner_mode_reparses_when_the_profile_environment_changed(
+    shop_assets: AssetsDefinition, tmp_path: Path, duckdb_path: Path
+) -> None:
+    """The session manifest was parsed for shop.duckdb (database "shop"). A build against other.duckdb
+    must not reuse relation names that point at the old database."""
+    os.environ["DAGSTER_WATCHER_DUCKDB_PATH"] = str(tmp_path / "other.duckdb")
+    try:
+        run = run_watcher(shop_assets, tmp_path, mode="runner")
+    finally:
+        os.environ["DAGSTER_WATCHER_DUCKDB_PATH"] = str(duckdb_path)
+    assert run.result.success
+    md = run.events(DagsterEventType.ASSET_MATERIALIZATION)[
+        0
+    ].dagster_event.event_specific_data.materialization.metadata  # type: ignore[union-attr]
+    assert '"other"' in md["relation_name"].value
+
+
+def test_in_process_build_releases_the_warehouse_file(shop_manifest: dict, tmp_path: Path, duckdb_path: Path) -> None:
+    """Like a `dbt` process that exits, an in-process build gives the DuckDB file back: consumers and
+    later builds in other processes can open it (DuckDB admits one process at a time)."""
+    import subprocess
+    import sys
+
+    duckdb_path.unlink(missing_ok=True)
+    args = ["build", "--project-dir", str(EXAMPLE), "--profiles-dir", str(EXAMPLE)]
+    args += ["--target-path", str(tmp_path / "t"), "--select", "raw_customers"]
+    invocation = RunnerInvocation(args, manifest=shop_manifest)
+    list(invocation.stream())
+    assert invocation.exit is not None and invocation.exit.ok
+    reader = f"import duckdb; print(duckdb.connect({str(duckdb_path)!r}).execute('select count(*) from raw_customers').fetchone()[0])"
+    out = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "30"

@@ -1,0 +1,298 @@
+"""Child-process entry points of the benchmark harness (``run.py`` starts each in a fresh Python process
+so every measurement pays what a user pays: interpreter start, imports, definition loading).
+
+    _worker.py materialize                  materialize() the bench_defs assets (env-configured)
+    _worker.py per-node-runner NODES OUT    one in-process dbtRunner call per node, pre-parsed manifest
+    _worker.py load OUT                     code-location load: import bench_defs + resolve + snapshot
+    _worker.py replay OUT                   producer overhead: the watcher's writer fed by a fake dbt
+    _worker.py sensor-ticks OUT             evaluate every consumer sensor once (twice) on DAGSTER_HOME
+
+Results go to the JSON file OUT; the harness measures the process wall time itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+T_START = time.perf_counter()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _dump(out: str, data: dict) -> None:
+    Path(out).write_text(json.dumps(data, indent=1, default=str))
+
+
+def cmd_materialize() -> int:
+    import bench_defs
+    from dagster import DagsterInstance, materialize
+
+    instance = DagsterInstance.get()
+    result = materialize(
+        [bench_defs.bench_dbt_assets], resources=bench_defs.resources, instance=instance, raise_on_error=False
+    )
+    return 0 if result.success else 1
+
+
+def cmd_per_node_runner(nodes_file: str, out: str) -> int:
+    """One dbtRunner invocation per node, all in this process, each fed the pre-parsed manifest (the
+    cheapest way to run dbt once per node: no process start, no parse)."""
+    t_imports = time.perf_counter()
+    from dbt.cli.main import dbtRunner
+
+    from dagster_watcher.invocation import dbt_manifest_from_json
+
+    spec = json.loads(Path(nodes_file).read_text())
+    manifest_json = json.loads(Path(spec["manifest"]).read_text())
+    os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    setup = time.perf_counter() - T_START
+    calls = []
+    failed = []
+    for select in spec["selects"]:
+        t0 = time.perf_counter()
+        res = dbtRunner(manifest=dbt_manifest_from_json(manifest_json)).invoke(
+            ["build", "--select", select, "--indirect-selection", "buildable", "--quiet", *spec["common_args"]]
+        )
+        calls.append(time.perf_counter() - t0)
+        if not res.success:
+            failed.append(select)
+    _dump(out, {"setup_seconds": setup, "import_seconds": t_imports - T_START, "calls": calls, "failed": failed})
+    return 0 if not failed else 1
+
+
+def cmd_load(out: str) -> int:
+    """What a code server does when it loads the location: import the module (which builds the
+    asset definitions from the manifest), resolve the Definitions into a repository with its jobs,
+    and build the snapshot the webserver/daemon receive."""
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter()
+    import dagster  # noqa: F401
+    import dagster_dbt  # noqa: F401
+
+    import dagster_watcher  # noqa: F401
+
+    phases["import_libraries"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    import bench_defs
+
+    phases["import_definitions_module"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    repo = bench_defs.defs.get_repository_def()
+    jobs = repo.get_all_jobs()
+    phases["resolve_repository"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    from dagster._core.remote_representation.external_data import RepositorySnap
+
+    snap = RepositorySnap.from_def(repo)
+    phases["repository_snapshot"] = time.perf_counter() - t0
+    phases["in_process_total"] = time.perf_counter() - T_START
+    _dump(
+        out,
+        {
+            "phases": phases,
+            "assets": len(bench_defs.bench_dbt_assets.keys),
+            "checks": len(bench_defs.bench_dbt_assets.check_keys),
+            "jobs": len(jobs),
+            "sensors": len(snap.sensors),
+        },
+    )
+    return 0
+
+
+def _topological(manifest: dict) -> list[str]:
+    """Every node of the manifest, parents first (dbt's own finish order respects this too)."""
+    parent_map = manifest.get("parent_map") or {}
+    order: list[str] = []
+    seen: set[str] = set()
+    for start in sorted(manifest["nodes"]):
+        if start in seen:
+            continue
+        seen.add(start)
+        stack = [(start, iter(sorted(parent_map.get(start, ()))))]
+        while stack:
+            node, parents = stack[-1]
+            for p in parents:
+                if p not in seen:
+                    seen.add(p)
+                    stack.append((p, iter(sorted(parent_map.get(p, ())))))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+class _FakeInvocation:
+    """Stands in for dbt: yields one NodeFinished (success/pass) per expected node as fast as the
+    writer consumes them, so the step's time is the watcher's own per-node cost (normaliser, event
+    mapping, Dagster event writes) without dbt's."""
+
+    mode = "replay"
+
+    def __init__(self, manifest: dict, expected: frozenset[str]) -> None:
+        self.manifest = manifest
+        self.expected = expected
+        self.exit = None
+        self.t_first = self.t_end = None
+
+    def stream(self):
+        from dagster_watcher.invocation import InvocationExit, RawDbtEvent
+
+        nodes = self.manifest["nodes"]
+        order = [u for u in _topological(self.manifest) if u in self.expected]
+        self.t_first = time.time()
+        for i, unique_id in enumerate(order):
+            node = nodes[unique_id]
+            is_test = node["resource_type"] == "test"
+            now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000000Z"
+            yield RawDbtEvent(
+                "NodeFinished",
+                {
+                    "node_info": {
+                        "unique_id": unique_id,
+                        "resource_type": node["resource_type"],
+                        "node_relation": {"relation_name": node.get("relation_name")},
+                    },
+                    "run_result": {
+                        "status": "pass" if is_test else "success",
+                        "message": "PASS" if is_test else "OK",
+                        "execution_time": 0.01,
+                        "adapter_response": {} if is_test else {"_message": "OK", "rows_affected": 100},
+                        "thread": f"Thread-{i % 8 + 1}",
+                        "num_failures": 0 if is_test else None,
+                        "timing_info": [
+                            {"name": "compile", "started_at": now, "completed_at": now},
+                            {"name": "execute", "started_at": now, "completed_at": now},
+                        ],
+                    },
+                },
+                "replay-invocation",
+            )
+        self.t_end = time.time()
+        self.exit = InvocationExit(ok=True, completed=True)
+
+    def cancel(self) -> None:
+        pass
+
+
+def cmd_replay(out: str, ticks_out: str | None = None) -> int:
+    import bench_defs
+    from dagster import DagsterEventType, DagsterInstance, materialize
+
+    from dagster_watcher import DbtWatcherResource
+
+    fakes: list[_FakeInvocation] = []
+    assets = bench_defs.bench_dbt_assets
+    # The plan's expected nodes are exactly the assets + checks of the definition.
+    uids = {assets.get_asset_spec(k).metadata["dagster_dbt/unique_id"] for k in assets.keys}
+    uids |= {(assets.get_spec_for_check_key(c).metadata or {}).get("dagster_dbt/unique_id") for c in assets.check_keys}
+
+    class ReplayResource(DbtWatcherResource):
+        def make_invocation(self, args, manifest):  # type: ignore[override]
+            fake = _FakeInvocation(dict(manifest or {}), frozenset(uids))
+            fakes.append(fake)
+            return fake  # type: ignore[return-value]
+
+    res = bench_defs.resources["dbt_watcher"]
+    replay = ReplayResource(
+        project_dir=res.project_dir,
+        profiles_dir=res.profiles_dir,
+        invocation_mode="runner",
+        threads=res.threads,
+        target_path=res.target_path,
+        progress=os.environ.get("DW_BENCH_PROGRESS", "1") == "1",
+    )
+
+    instance = DagsterInstance.get()
+    t0 = time.time()
+    result = materialize([assets], resources={"dbt_watcher": replay}, instance=instance, raise_on_error=False)
+    t1 = time.time()
+    records = instance.all_logs(result.run_id)
+    step_start = next(r.timestamp for r in records if r.dagster_event and r.dagster_event.event_type == DagsterEventType.STEP_START)
+    step_end = next(
+        r.timestamp
+        for r in records
+        if r.dagster_event and r.dagster_event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE)
+    )
+    fake = fakes[0]
+    n = len(uids)
+    _dump(
+        out,
+        {
+            "success": result.success,
+            "nodes": n,
+            "materialize_seconds": t1 - t0,
+            "plan_seconds": fake.t_first - step_start,
+            "stream_seconds": fake.t_end - fake.t_first,
+            "step_seconds": step_end - step_start,
+            "per_node_ms": (fake.t_end - fake.t_first) / n * 1000,
+            "run_id": result.run_id,
+        },
+    )
+    if ticks_out:
+        # Same process (saves a start-up): the sensors read the run just written.
+        cmd_sensor_ticks(ticks_out)
+    return 0 if result.success else 1
+
+
+def cmd_sensor_ticks(out: str) -> int:
+    import bench_defs
+    from dagster import DagsterInstance, build_sensor_context
+
+    from dagster_watcher import build_watcher_sensors
+
+    instance = DagsterInstance.get()
+    t0 = time.perf_counter()
+    sensors = build_watcher_sensors(bench_defs.bench_dbt_assets)
+    build_seconds = time.perf_counter() - t0
+    ticks = []
+    cursors: dict[str, str | None] = {s.name: None for s in sensors}
+    for _ in range(2):
+        per_sensor = []
+        requests = 0
+        t_tick = time.perf_counter()
+        for sensor in sensors:
+            t = time.perf_counter()
+            ctx = build_sensor_context(instance=instance, cursor=cursors[sensor.name], sensor_name=sensor.name)
+            data = sensor.evaluate_tick(ctx)
+            per_sensor.append(time.perf_counter() - t)
+            cursors[sensor.name] = data.cursor
+            requests += len(data.run_requests or [])
+        total = time.perf_counter() - t_tick
+        per_sensor.sort()
+        ticks.append(
+            {
+                "total_seconds": total,
+                "p50_ms": per_sensor[len(per_sensor) // 2] * 1000,
+                "p95_ms": per_sensor[int(len(per_sensor) * 0.95)] * 1000,
+                "max_ms": per_sensor[-1] * 1000,
+                "run_requests": requests,
+            }
+        )
+    _dump(out, {"sensors": len(sensors), "build_seconds": build_seconds, "ticks": ticks})
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    cmd, *rest = argv
+    if cmd == "materialize":
+        return cmd_materialize()
+    if cmd == "per-node-runner":
+        return cmd_per_node_runner(*rest)
+    if cmd == "load":
+        return cmd_load(*rest)
+    if cmd == "replay":
+        return cmd_replay(*rest)
+    if cmd == "sensor-ticks":
+        return cmd_sensor_ticks(*rest)
+    raise SystemExit(f"unknown worker command {cmd!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
