@@ -362,5 +362,7 @@ def _retry_decision(
         run_key=f"dagster_watcher_retry:{run_id}",
         job_name=retry_job,
         asset_selection=sorted(batch, key=lambda k: k.to_user_string()),
+        # Same resource/op config as the failed run (e.g. dbt vars set in the launchpad).
+        run_config=run.run_config,
         tags={RETRY_OF_TAG: run_id, ATTEMPT_TAG: str(attempt + 1)},
     )

@@ -7,6 +7,7 @@ This module knows dbt, not Dagster. Mapping results to Dagster events lives in `
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,6 +57,20 @@ class NodeResult:
     """unique_ids of the failed upstream nodes that made dbt skip this node."""
 
 
+_SECRET_ENV_PREFIX = "DBT_ENV_SECRET"
+
+
+def scrub_secrets(text: str) -> str:
+    """Mask the values of ``DBT_ENV_SECRET*`` environment variables, as dbt does in its own logs.
+
+    dbt scrubs its log lines, but not the exception text an in-process invocation raises nor every
+    message it puts in events; everything dbt says passes through here before Dagster stores it."""
+    for name, value in os.environ.items():
+        if name.startswith(_SECRET_ENV_PREFIX) and value:
+            text = text.replace(value, "*****")
+    return text
+
+
 # dbt statuses (RunStatus / TestStatus / FreshnessStatus values) -> our terminal status.
 _STATUS_MAP: dict[str, NodeStatus] = {
     "success": NodeStatus.SUCCESS,
@@ -95,7 +110,7 @@ class DbtEventNormalizer:
     Results are released the moment dbt reports a node finished, with two exceptions that exist so
     error text is never lost: an errored node whose ``NodeFinished`` carries no message is held until
     its ``RunResultError`` arrives (subprocess mode on some dbt versions), and whatever is still held
-    when dbt exits is released by :meth:`finish`.
+    when dbt exits is released by :meth:`release_held`.
     """
 
     def __init__(
@@ -105,6 +120,8 @@ class DbtEventNormalizer:
         target_path: Any = None,
         invocation_id: str | None = None,
     ) -> None:
+        # `dbt build` reports every node it ran; what it never reported is decided by the writer
+        # (producer.stream_build), which knows the selection.
         self._manifest = manifest
         self._parent_map: Mapping[str, list[str]] = manifest.get("parent_map") or {}
         self._child_map: Mapping[str, list[str]] = manifest.get("child_map") or {}
@@ -133,30 +150,10 @@ class DbtEventNormalizer:
             self.dbt_version = str(data.get("version", "")).lstrip("=") or None
         return []
 
-    def finish(self, expected: Any = ()) -> list[NodeResult]:
-        """dbt has exited: release held results, then one LOST result for every expected node that dbt
-        never reported (it crashed, was killed, or never got to it)."""
+    def release_held(self) -> list[NodeResult]:
+        """dbt has exited (or is being stopped): release results still waiting for their error text."""
         out = [self._release(r) for r in list(self._held.values())]
         self._held.clear()
-        for unique_id in expected:
-            if unique_id not in self._done:
-                node = self._node(unique_id)
-                out.append(
-                    self._release(
-                        NodeResult(
-                            unique_id=unique_id,
-                            resource_type=node.get("resource_type", unique_id.split(".", 1)[0]),
-                            status=NodeStatus.LOST,
-                            dbt_status="not reported",
-                            message=(
-                                "dbt exited without reporting an outcome for this node "
-                                "(dbt crashed, was stopped, or never started it)."
-                            ),
-                            relation_name=node.get("relation_name"),
-                            invocation_id=self.invocation_id,
-                        )
-                    )
-                )
         return out
 
     # -- internals -----------------------------------------------------------------------------
@@ -180,7 +177,7 @@ class DbtEventNormalizer:
         resource_type = node_info.get("resource_type") or unique_id.split(".", 1)[0]
         dbt_status = str(run_result.get("status") or node_info.get("node_status") or "")
         status = _STATUS_MAP.get(dbt_status.lower(), NodeStatus.ERROR)
-        message = run_result.get("message") or None
+        message = scrub_secrets(run_result.get("message") or "") or None
         timing = {t.get("name"): t for t in run_result.get("timing_info") or []}
         started = _parse_ts((timing.get("compile") or timing.get("execute") or {}).get("started_at"))
         completed = _parse_ts((timing.get("execute") or timing.get("compile") or {}).get("completed_at"))
@@ -220,7 +217,7 @@ class DbtEventNormalizer:
             return []
         held = self._held.pop(unique_id, None)
         if held is not None:
-            return [self._release(_replace(held, message=msg))]
+            return [self._release(_replace(held, message=scrub_secrets(msg)))]
         return []
 
     def _compiled_code(self, unique_id: str) -> str | None:
@@ -258,6 +255,20 @@ class DbtEventNormalizer:
                     found.append(child)
             stack.extend(self._parent_map.get(parent, ()))
         return tuple(sorted(found))
+
+
+def lost_result(unique_id: str, manifest: Mapping[str, Any], invocation_id: str | None = None) -> NodeResult:
+    """The outcome of a selected node that nothing ever reported: never success, never silent."""
+    node = (manifest.get("nodes") or {}).get(unique_id) or {}
+    return NodeResult(
+        unique_id=unique_id,
+        resource_type=node.get("resource_type", unique_id.split(".", 1)[0]),
+        status=NodeStatus.LOST,
+        dbt_status="not reported",
+        message="dbt exited without reporting an outcome for this node (dbt crashed, was stopped, or never started it).",
+        relation_name=node.get("relation_name"),
+        invocation_id=invocation_id,
+    )
 
 
 def _replace(result: NodeResult, **changes: Any) -> NodeResult:

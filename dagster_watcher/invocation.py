@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .events import WANTED_EVENTS
+from .events import WANTED_EVENTS, scrub_secrets
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,7 @@ def release_adapter_handles() -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = scrub_secrets(str(exc).strip())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -369,7 +369,8 @@ class SubprocessInvocation(DbtInvocation):
             # dbt's exit codes: 0 all good, 1 some nodes failed, 2 dbt itself failed.
             self.exit = InvocationExit(ok=code == 0, completed=True)
         else:
-            detail = last_error or "\n".join(tail) or "no output"
+            # The last error dbt logged says what to fix; a crash's traceback is only its last lines.
+            detail = scrub_secrets(last_error or "\n".join(list(tail)[-8:]) or "no output")
             reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             self.exit = InvocationExit(ok=False, completed=False, error=f"dbt {reason}: {detail}")
 

@@ -12,15 +12,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dagster import AssetExecutionContext, Failure, MetadataValue
 from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 from dagster_dbt.dagster_dbt_translator import DagsterDbtTranslator
 
 from .dagster_events import DagsterNodeEvent, NodeTarget, describe_failure, to_dagster_event
-from .events import DbtEventNormalizer, NodeResult, NodeStatus
-from .invocation import DbtInvocation
+from .events import DbtEventNormalizer, NodeResult, NodeStatus, lost_result
+from .invocation import DbtInvocation, InvocationExit
 from .retry import WatcherRetryPolicy, read_run_outcomes
 
 _UNIQUE_ID = "dagster_dbt/unique_id"
@@ -136,21 +136,64 @@ class _Progress:
         )
 
 
+class NodeResultSource(Protocol):
+    """Where node outcomes come from: a dbt invocation (either mode) behind the normaliser, or an engine
+    that runs compiled SQL itself (BigQuery jobs). The producer's writer only sees this."""
+
+    mode: str
+
+    @property
+    def exit(self) -> InvocationExit | None:
+        """How the run ended; set once :meth:`results` is exhausted."""
+
+    def results(self) -> Iterator[NodeResult]:
+        """Start the work and yield terminal results in finish order, on the caller's thread."""
+
+    def release_held(self) -> list[NodeResult]:
+        """Results still held back (e.g. waiting for error text) when the work is stopped early."""
+
+    def cancel(self) -> None:
+        """Stop the work (run termination). Safe from any thread."""
+
+
+class DbtResultSource:
+    """A dbt invocation (in-process or subprocess) whose raw events go through the normaliser."""
+
+    def __init__(self, invocation: DbtInvocation, manifest: Mapping[str, Any], target_path: Path | None) -> None:
+        self.invocation = invocation
+        self.mode = invocation.mode
+        self.normalizer = DbtEventNormalizer(manifest, target_path=target_path)
+
+    @property
+    def exit(self) -> InvocationExit | None:
+        return self.invocation.exit
+
+    def results(self) -> Iterator[NodeResult]:
+        for raw in self.invocation.stream():
+            yield from self.normalizer.feed(raw.name, raw.data, raw.invocation_id)
+        yield from self.normalizer.release_held()
+
+    def release_held(self) -> list[NodeResult]:
+        return self.normalizer.release_held()
+
+    def cancel(self) -> None:
+        self.invocation.cancel()
+
+
 def stream_build(
     context: AssetExecutionContext,
     plan: BuildPlan,
-    invocation: DbtInvocation,
+    source: NodeResultSource,
     *,
-    target_path: Path | None,
     progress: bool = True,
     retry_policy: WatcherRetryPolicy | None = None,
 ) -> Iterator[DagsterNodeEvent]:
-    """Run ``invocation`` and yield one Dagster event per node outcome as dbt reports it.
+    """Run ``source`` and yield one Dagster event per node outcome as it is reported.
 
-    Raises :class:`dagster.Failure` after every outcome has been written if any selected node did not
-    succeed or dbt did not complete; materializations written before that stay.
+    Every selected node ends with exactly one outcome: what the source never reported is recorded as
+    lost. Raises :class:`dagster.Failure` after every outcome has been written if any selected node did
+    not succeed or the run did not complete; materializations written before that stay.
     """
-    normalizer = DbtEventNormalizer(plan.manifest, target_path=target_path)
     bar = _Progress(plan, progress)
     results: list[NodeResult] = []
     started = time.monotonic()
@@ -170,27 +213,27 @@ def stream_build(
             yield event
 
     try:
-        for raw in invocation.stream():
-            for result in normalizer.feed(raw.name, raw.data, raw.invocation_id):
-                yield from emit(result)
+        for result in source.results():
+            yield from emit(result)
     except BaseException:
-        # Termination or any error on the writer's side: stop dbt; record what is known; re-raise.
-        invocation.cancel()
-        for result in normalizer.finish(plan.expected):
-            if result.status is not NodeStatus.LOST:
-                yield from emit(result)
+        # Termination or any error on the writer's side: stop the work; record what is known; re-raise.
+        source.cancel()
+        for result in source.release_held():
+            yield from emit(result)
         raise
-    for result in normalizer.finish(plan.expected):
-        yield from emit(result)
+    reported = {r.unique_id for r in results}
+    invocation_id = next((r.invocation_id for r in results if r.invocation_id), None)
+    for unique_id in sorted(plan.expected - reported):
+        yield from emit(lost_result(unique_id, plan.manifest, invocation_id))
 
-    exit_ = invocation.exit
+    exit_ = source.exit
     failed = [r for r in results if r.unique_id in plan.targets and not r.status.succeeded]
     summary = _summary(plan, results, time.monotonic() - started)
     if progress:
         print(summary, flush=True)
     if exit_ is not None and not exit_.completed:
         raise Failure(
-            description=f"dbt did not complete ({invocation.mode} mode): {exit_.error}",
+            description=f"dbt did not complete ({source.mode} mode): {exit_.error}",
             metadata={
                 "failed_nodes": MetadataValue.json(_failure_table(plan, failed)),
                 "summary": MetadataValue.md(summary),

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from .asset_decorator import HOST_TAG, PID_TAG, policy_from_tags
 from .dagster_events import DagsterNodeEvent
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
-from .producer import plan_for_context, stream_build, succeeded_in_run
+from .producer import DbtResultSource, plan_for_context, stream_build, succeeded_in_run
 from .project import profile_fingerprint, recorded_fingerprint
 
 InvocationMode = Literal["auto", "runner", "subprocess"]
@@ -218,8 +218,7 @@ class DbtWatcherResource(ConfigurableResource):
         yield from stream_build(
             context,
             plan,
-            invocation,
-            target_path=self.resolved_target_path(),
+            DbtResultSource(invocation, plan.manifest, self.resolved_target_path()),
             progress=self.progress,
             retry_policy=policy_from_tags(context.op.tags),
         )

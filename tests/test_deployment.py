@@ -483,23 +483,7 @@ def test_profile_secret_stays_out_of_dagster(
     assert places_holding(sqlite_deployment, run, secret_env[name]) == []
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        pytest.param(
-            "runner",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "KNOWN LEAK (reported to the lead): in runner mode the error of a dbt invocation that "
-                    "did not complete is taken from the raw exception (invocation._describe), which dbt "
-                    "never scrubbed, and goes into the step failure: the secret is in the event log."
-                ),
-            ),
-        ),
-        "subprocess",
-    ],
-)
+@pytest.mark.parametrize("mode", ["runner", "subprocess"])
 def test_profile_secret_in_a_dbt_error_is_scrubbed(
     mode: str, sqlite_deployment: Deployment, secret_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -538,20 +522,6 @@ def test_secret_dbt_var_stays_out_of_events_logs_and_metadata(
     assert secret_var_run.status == "FAILURE"
     assert FAIL_TEXT in secret_var_run.observations()[FAILING]["dagster_watcher/error"]
     assert places_holding(sqlite_deployment, secret_var_run, secret, include_run_config=False) == []
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "KNOWN (reported to the lead): dbt_vars is plain run config, so a secret passed that way is "
-        "stored with the run and shown in the UI ('View tags and config'); dbt_vars has no env-var "
-        "indirection."
-    ),
-)
-def test_secret_dbt_var_is_not_stored_in_run_config(
-    sqlite_deployment: Deployment, secret_var_run: LaunchedRun, secret_env: dict[str, str]
-) -> None:
-    assert places_holding(sqlite_deployment, secret_var_run, secret_env["DBT_ENV_SECRET_VAR"]) == []
 
 
 def test_postgres_password_stays_out_of_dagster(postgres_deployment: Deployment) -> None:
