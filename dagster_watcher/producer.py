@@ -8,6 +8,8 @@ turns them into one terminal result per node, and ``dagster_events`` maps each r
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from dagster import AssetExecutionContext, Failure, MetadataValue
 from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 from dagster_dbt.dagster_dbt_translator import DagsterDbtTranslator
 
+from .asset_decorator import HOST_TAG, PID_TAG, policy_from_tags
 from .dagster_events import DagsterNodeEvent, NodeTarget, describe_failure, to_dagster_event
 from .events import DbtEventNormalizer, NodeResult, NodeStatus, lost_result
 from .invocation import DbtInvocation, InvocationExit
@@ -38,6 +41,8 @@ class BuildPlan:
     targets: dict[str, NodeTarget]
     """Every node of this step's selection that has a Dagster home, by unique_id."""
     selection_args: list[str] = field(default_factory=list)
+    retry_policy: WatcherRetryPolicy = field(default_factory=WatcherRetryPolicy)
+    """The policy the definition was made with (decides whether a failure may be retried in-step)."""
     already_done: frozenset[str] = frozenset()
     """Nodes that succeeded in an earlier attempt of this step (retries run only the rest)."""
 
@@ -77,7 +82,13 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
         severity = str(((nodes.get(unique_id) or {}).get("config") or {}).get("severity", "error")).lower()
         targets[unique_id] = NodeTarget(unique_id=unique_id, check_key=check_key, check_severity=severity)
 
-    plan = BuildPlan(manifest=manifest, translator=translator, targets=targets, already_done=already_done)
+    plan = BuildPlan(
+        manifest=manifest,
+        translator=translator,
+        targets=targets,
+        already_done=already_done,
+        retry_policy=policy_from_tags(context.op_execution_context.op.tags),
+    )
     is_full = (
         not already_done
         and assets_def.keys_by_output_name == assets_def.node_keys_by_output_name
@@ -85,7 +96,7 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
     )
     if is_full:
         # The definition's own selection: readable, and dbt also runs tests that are not checks.
-        tags = context.op.tags
+        tags = context.op_execution_context.op.tags
         for flag, tag in (("--select", _SELECT_TAG), ("--exclude", _EXCLUDE_TAG), ("--selector", _SELECTOR_TAG)):
             if tags.get(tag):
                 plan.selection_args += [flag, tags[tag]]
@@ -100,9 +111,32 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
     return plan
 
 
+def start_step(context: AssetExecutionContext) -> BuildPlan | None:
+    """Everything a producer does before it starts work, whatever runs the nodes: on a retried step,
+    leave out what already succeeded in this run; plan the selection; record the process for the
+    consumers' liveness check. Returns None when there is nothing to build."""
+    already_done: frozenset[str] = frozenset()
+    if context.retry_number > 0:
+        # A retried step builds only what has not succeeded in this run so far, as recorded in the
+        # event log (so a retry on another machine sees the same truth).
+        already_done = succeeded_in_run(context)
+        context.log.info(
+            f"dagster-watcher: attempt {context.retry_number + 1}; {len(already_done)} node(s) already "
+            "succeeded in this run and are not rebuilt"
+        )
+    plan = plan_for_context(context, already_done)
+    if plan.is_empty:
+        context.log.info("dagster-watcher: nothing left to build in this step; nothing was started.")
+        return None
+    # One write per step: lets consumer sensors tell a live producer from a killed one (Dagster's
+    # default run launcher cannot health-check run workers).
+    context.instance.add_run_tags(context.run.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+    return plan
+
+
 def succeeded_in_run(context: AssetExecutionContext) -> frozenset[str]:
     """unique_ids of this step's nodes that already have a success recorded in this run."""
-    outcomes = read_run_outcomes(context.instance, context.run_id)
+    outcomes = read_run_outcomes(context.instance, context.run.run_id)
     assets_def = context.assets_def
     done: set[str] = set()
     for key in outcomes.materialized & set(assets_def.keys):
@@ -242,7 +276,7 @@ def stream_build(
     if failed:
         first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r)}" for r in failed[:5])
         more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
-        policy = retry_policy or WatcherRetryPolicy()
+        policy = retry_policy or plan.retry_policy
         retryable = any(r.status is not NodeStatus.ERROR or policy.is_retryable(r.message) for r in failed)
         raise Failure(
             allow_retries=retryable,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,10 +15,9 @@ from dagster_dbt import DbtProject
 from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 from pydantic import Field, field_validator
 
-from .asset_decorator import HOST_TAG, PID_TAG, policy_from_tags
 from .dagster_events import DagsterNodeEvent
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
-from .producer import DbtResultSource, plan_for_context, stream_build, succeeded_in_run
+from .producer import DbtResultSource, start_step, stream_build
 from .project import profile_fingerprint, recorded_fingerprint
 
 InvocationMode = Literal["auto", "runner", "subprocess"]
@@ -186,22 +184,9 @@ class DbtWatcherResource(ConfigurableResource):
 
         Raises :class:`dagster.Failure` once every outcome is recorded if any node did not succeed.
         """
-        already_done: frozenset[str] = frozenset()
-        if context.retry_number > 0:
-            # A retried step builds only what has not succeeded in this run so far, as recorded in the
-            # event log (so a retry on another machine sees the same truth).
-            already_done = succeeded_in_run(context)
-            context.log.info(
-                f"dagster-watcher: attempt {context.retry_number + 1}; {len(already_done)} node(s) already "
-                "succeeded in this run and are not rebuilt"
-            )
-        plan = plan_for_context(context, already_done)
-        if plan.is_empty:
-            context.log.info("dagster-watcher: nothing left to build in this step; dbt was not started.")
+        plan = start_step(context)
+        if plan is None:
             return
-        # One write per step: lets consumer sensors tell a live producer from a killed one (Dagster's
-        # default run launcher cannot health-check run workers).
-        context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
         args = self.build_args(plan.selection_args, extra_args, dbt_vars)
         manifest: Mapping[str, Any] | None = plan.manifest
         if self.resolved_mode() == "runner" and not self._manifest_matches_profile(context):
@@ -220,5 +205,5 @@ class DbtWatcherResource(ConfigurableResource):
             plan,
             DbtResultSource(invocation, plan.manifest, self.resolved_target_path()),
             progress=self.progress,
-            retry_policy=policy_from_tags(context.op.tags),
+            retry_policy=plan.retry_policy,
         )
