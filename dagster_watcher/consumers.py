@@ -243,11 +243,16 @@ def _downstream_requests(context: SensorEvaluationContext, watched: WatchedAsset
     """One run per attached job per new materialization: the evidence of success is the event itself."""
     if not watched.downstream_jobs:
         return []
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=watched.key, after_storage_id=cursor.materialization or None),
-        limit=100,
-        ascending=True,
-    ).records
+    if cursor.materialization == 0:
+        # A new sensor (or a reset cursor) acts on the newest materialization only, like Dagster's
+        # asset sensors: deploying it must not replay the asset's whole history downstream.
+        records = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
+    else:
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=watched.key, after_storage_id=cursor.materialization),
+            limit=100,
+            ascending=True,
+        ).records
     requests = []
     for record in records:
         for job in watched.downstream_jobs:

@@ -16,7 +16,9 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,11 +131,19 @@ class _Finished:
 
 
 class RunnerInvocation(DbtInvocation):
-    """dbt's ``dbtRunner`` in this process, fed a pre-parsed manifest, with an event callback.
+    """dbt's ``dbtRunner`` fed a pre-parsed manifest, with an event callback: no dbt process start, no
+    import of dbt, no parse.
+
+    Where the OS can fork (Linux, macOS) and a manifest is given, dbt runs in a forked child: the child
+    inherits the imported dbt and the manifest already built here, runs dbt in its own main thread and
+    sends the wanted events back over a pipe. This keeps dbt's worker threads and the writer that
+    stores Dagster events off each other's GIL (in one interpreter, a busy dbt starves the writer and
+    events arrive seconds late), and lets a termination stop dbt with a real SIGINT. Elsewhere dbt runs
+    in a thread of this process.
 
     dbt calls the callback on its worker threads and swallows whatever it raises, so the callback does
-    the least possible work (a name check and a queue put) and can not raise; any failure inside it is
-    remembered and turns the invocation into a failed one instead of vanishing.
+    the least possible work and can not raise; any failure inside it is remembered and turns the
+    invocation into a failed one instead of vanishing.
     """
 
     mode = "runner"
@@ -145,14 +155,18 @@ class RunnerInvocation(DbtInvocation):
         manifest: Mapping[str, Any] | None,
         env: Mapping[str, str] | None = None,
         lock_timeout: float | None = None,
+        fork: bool | None = None,
     ) -> None:
         super().__init__(args, env=env)
         self.manifest_json = manifest
         self.lock_timeout = lock_timeout
+        self.fork = hasattr(os, "fork") if fork is None else fork
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._callback_error: BaseException | None = None
+        self._child: int | None = None
+        self._callback_error: BaseException | str | None = None
         self._cancelled = False
+        self._forward: Any = self._queue.put
 
     def _callback(self, msg: Any) -> None:
         try:
@@ -163,7 +177,117 @@ class RunnerInvocation(DbtInvocation):
 
     def _accept(self, msg: Any) -> None:
         if msg.info.name in WANTED_EVENTS:
-            self._queue.put(msg)
+            self._forward(msg)
+
+    def stream(self) -> Iterator[RawDbtEvent]:
+        if not _DBT_PROCESS_LOCK.acquire(timeout=-1 if self.lock_timeout is None else self.lock_timeout):
+            raise RuntimeError(
+                "Another in-process dbt invocation is running in this Python process and did not finish "
+                f"within {self.lock_timeout}s. dbt keeps process-global state, so dagster-watcher runs "
+                "one in-process invocation at a time; use the multiprocess executor or "
+                "invocation_mode='subprocess' to run dbt builds side by side."
+            )
+        saved_env = {k: os.environ.get(k) for k in self.env}
+        try:
+            manifest = dbt_manifest_from_json(self.manifest_json) if self.manifest_json else None
+            os.environ.update(self.env)
+            # Fork only to execute a manifest built here: a child that had to parse would use dbt's
+            # Rust static parser, whose thread pool (started by an earlier parse in this process)
+            # does not survive a fork and deadlocks the child.
+            if self.fork and manifest is not None:
+                yield from self._stream_forked(manifest)
+            else:
+                yield from self._stream_threaded(manifest)
+        finally:
+            self.cancel_if_running()
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            release_adapter_handles()
+            _DBT_PROCESS_LOCK.release()
+
+    # -- forked child ----------------------------------------------------------------------------
+
+    def _stream_forked(self, manifest: Any) -> Iterator[RawDbtEvent]:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            os.close(read_fd)
+            self._run_child(manifest, write_fd)
+        self._child = pid
+        os.close(write_fd)
+        final: dict[str, Any] | None = None
+        with os.fdopen(read_fd, "r", encoding="utf-8") as pipe:
+            for line in pipe:
+                item = json.loads(line)
+                if "exit" in item:
+                    final = item["exit"]
+                else:
+                    yield RawDbtEvent(item["name"], item["data"], item["invocation_id"])
+        _, status = os.waitpid(pid, 0)
+        self._child = None
+        self.exit = self._exit_from_child(final, status)
+
+    def _run_child(self, manifest: Any, write_fd: int) -> None:
+        """The forked child: run dbt, stream events, report how it ended, and never return."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # dbt's Ctrl-C handling stops the build
+        out = os.fdopen(write_fd, "w", encoding="utf-8")
+        write_lock = threading.Lock()
+        final: dict[str, Any] = {"success": False, "completed": False}
+        try:
+            from dbt.cli.main import dbtRunner
+            from dbt_common.events.functions import msg_to_dict
+
+            def forward(msg: Any) -> None:
+                as_dict = msg_to_dict(msg)
+                line = json.dumps(
+                    {
+                        "name": msg.info.name,
+                        "data": as_dict.get("data") or {},
+                        "invocation_id": (as_dict.get("info") or {}).get("invocation_id"),
+                    },
+                    default=str,
+                )
+                with write_lock:
+                    out.write(line + "\n")
+                    out.flush()
+
+            self._forward = forward
+            result = dbtRunner(manifest=manifest, callbacks=[self._callback]).invoke(self.args)
+            if result.exception is not None:
+                final["error"] = _describe(result.exception)
+            else:
+                final.update(success=bool(result.success), completed=True)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, not lost
+            final["error"] = _describe(exc)
+        if self._callback_error is not None:
+            final["callback_error"] = repr(self._callback_error)
+        try:
+            with write_lock:
+                out.write(json.dumps({"exit": final}) + "\n")
+                out.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)  # never run the parent's cleanup (atexit, Dagster) in the child
+
+    def _exit_from_child(self, final: dict[str, Any] | None, status: int) -> InvocationExit:
+        if final is None:
+            how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {status}"
+            return InvocationExit(ok=False, completed=False, error=f"the dbt process died ({how})")
+        if final.get("callback_error"):
+            return InvocationExit(
+                ok=False, completed=False, error=f"dagster-watcher's dbt event callback failed: {final['callback_error']}"
+            )
+        if self._cancelled:
+            return InvocationExit(ok=False, completed=False, error="dbt was stopped (run terminated)")
+        if not final.get("completed"):
+            return InvocationExit(ok=False, completed=False, error=final.get("error") or "dbt returned no result")
+        return InvocationExit(ok=bool(final.get("success")), completed=True)
+
+    # -- thread of this process (no fork available) -----------------------------------------------
 
     def _run(self, manifest: Any) -> None:
         result: Any = None
@@ -177,50 +301,22 @@ class RunnerInvocation(DbtInvocation):
         finally:
             self._queue.put(_Finished(result, error))
 
-    def stream(self) -> Iterator[RawDbtEvent]:
+    def _stream_threaded(self, manifest: Any) -> Iterator[RawDbtEvent]:
         from dbt_common.events.functions import msg_to_dict
 
-        if not _DBT_PROCESS_LOCK.acquire(timeout=-1 if self.lock_timeout is None else self.lock_timeout):
-            raise RuntimeError(
-                "Another in-process dbt invocation is running in this Python process and did not finish "
-                f"within {self.lock_timeout}s. dbt keeps process-global state, so dagster-watcher runs "
-                "one in-process invocation at a time; use the multiprocess executor or "
-                "invocation_mode='subprocess' to run dbt builds side by side."
-            )
-        try:
-            manifest = dbt_manifest_from_json(self.manifest_json) if self.manifest_json else None
-            saved_env = {k: os.environ.get(k) for k in self.env}
-            os.environ.update(self.env)
+        self._thread = threading.Thread(target=self._run, args=(manifest,), name="dagster-watcher-dbt", daemon=True)
+        self._thread.start()
+        while True:
             try:
-                self._thread = threading.Thread(
-                    target=self._run, args=(manifest,), name="dagster-watcher-dbt", daemon=True
-                )
-                self._thread.start()
-                finished = None
-                while finished is None:
-                    try:
-                        item = self._queue.get(timeout=0.5)
-                    except queue.Empty:
-                        continue  # wake up so a run termination (signal) reaches this thread
-                    if isinstance(item, _Finished):
-                        finished = item
-                        break
-                    as_dict = msg_to_dict(item)
-                    info = as_dict.get("info") or {}
-                    yield RawDbtEvent(item.info.name, as_dict.get("data") or {}, info.get("invocation_id"))
-            finally:
-                for key, value in saved_env.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-            self.exit = self._exit_from(finished)
-        finally:
-            if self._thread is not None and self._thread.is_alive():
-                self.cancel()
-                self._thread.join(timeout=30)
-            release_adapter_handles()
-            _DBT_PROCESS_LOCK.release()
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue  # wake up so a run termination (signal) reaches this thread
+            if isinstance(item, _Finished):
+                break
+            as_dict = msg_to_dict(item)
+            info = as_dict.get("info") or {}
+            yield RawDbtEvent(item.info.name, as_dict.get("data") or {}, info.get("invocation_id"))
+        self.exit = self._exit_from(item)
 
     def _exit_from(self, finished: _Finished) -> InvocationExit:
         if self._callback_error is not None:
@@ -240,16 +336,44 @@ class RunnerInvocation(DbtInvocation):
             return InvocationExit(ok=False, completed=False, error="dbt was stopped (run terminated)")
         return InvocationExit(ok=bool(res.success), completed=True)
 
+    # -- stopping --------------------------------------------------------------------------------
+
     def cancel(self) -> None:
         # dbt stops a build cleanly on KeyboardInterrupt (it cancels open connections and marks the
-        # remaining nodes); deliver one to dbt's thread. The thread is a daemon, so a terminated run
-        # worker exiting also ends it.
+        # remaining nodes): SIGINT to the forked child, or an asynchronous KeyboardInterrupt in dbt's
+        # thread (a daemon: a terminated run worker exiting also ends it).
         self._cancelled = True
+        child = self._child
+        if child is not None:
+            try:
+                os.kill(child, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            return
         thread = self._thread
         if thread is not None and thread.is_alive() and thread.ident is not None:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt)
             )
+
+    def cancel_if_running(self) -> None:
+        """Called when the writer stops early: make sure no dbt outlives the invocation."""
+        child = self._child
+        if child is not None:
+            self.cancel()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                done, _ = os.waitpid(child, os.WNOHANG)
+                if done:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+            self._child = None
+        elif self._thread is not None and self._thread.is_alive():
+            self.cancel()
+            self._thread.join(timeout=30)
 
 
 def release_adapter_handles() -> None:

@@ -324,6 +324,7 @@ RUN_EVENT_FIELDS = f"""
   ... on DisplayableEvent {{ label description metadataEntries {{ {METADATA_FIELDS} }} }}
   ... on MaterializationEvent {{ assetKey {{ path }} }}
   ... on ObservationEvent {{ assetKey {{ path }} }}
+  ... on AssetMaterializationPlannedEvent {{ assetKey {{ path }} }}
   ... on AssetCheckEvaluationEvent {{
     evaluation {{
       checkName success severity description assetKey {{ path }} metadataEntries {{ {METADATA_FIELDS} }}
@@ -456,7 +457,10 @@ class GraphQLClient:
             """query($runId: ID!) {
               runOrError(runId: $runId) {
                 __typename
-                ... on Run { runId status jobName runConfigYaml startTime endTime tags { key value } }
+                ... on Run {
+                  runId status jobName runConfigYaml creationTime startTime endTime tags { key value }
+                  assetSelection { path }
+                }
                 ... on Error { message }
               }
             }""",
@@ -623,6 +627,42 @@ class GraphQLClient:
         if data["__typename"] != "Sensor" or data["sensorState"]["status"] != "RUNNING":
             raise GraphQLError(f"startSensor {name}: {data}")
 
+    def sensor_ticks(
+        self,
+        name: str,
+        *,
+        limit: int = 100,
+        after: float | None = None,
+        location: str = LOCATION,
+        repository: str = REPOSITORY,
+    ) -> list[dict[str, Any]]:
+        """The latest ticks of one sensor (newest first), optionally only those after ``after`` (epoch
+        seconds): status, timestamp, the runs it launched and its skip reason."""
+        data = self.query(
+            """query($selector: SensorSelector!, $limit: Int, $after: Float) {
+              sensorOrError(sensorSelector: $selector) {
+                __typename
+                ... on Sensor {
+                  sensorState {
+                    status
+                    ticks(limit: $limit, afterTimestamp: $after) {
+                      id status timestamp endTimestamp runIds runKeys skipReason error { message }
+                    }
+                  }
+                }
+                ... on Error { message }
+              }
+            }""",
+            {
+                "selector": {"repositoryName": repository, "repositoryLocationName": location, "sensorName": name},
+                "limit": limit,
+                "after": after,
+            },
+        )["sensorOrError"]
+        if data["__typename"] != "Sensor":
+            raise GraphQLError(f"sensorOrError {name}: {data}")
+        return list(data["sensorState"]["ticks"])
+
     def stop_all_sensors(self) -> list[str]:
         """Stop every running sensor of the location; return their names."""
         stopped = []
@@ -722,14 +762,16 @@ def running_dagster_dev(
     postgres: PostgresServer | None = None,
     location: str = LOCATION,
     startup_timeout: float = 240,
+    dagster_yaml: Mapping[str, Any] | None = None,
 ) -> Iterator[DagsterDev]:
     """``dagster dev`` on a free port with ``home`` as DAGSTER_HOME, ready when the code location is loaded.
 
     ``env`` is added to the environment of dagster dev (and so of its code servers and run workers);
-    by default DAGSTER_WATCHER_DUCKDB_PATH points into ``home``.
+    by default DAGSTER_WATCHER_DUCKDB_PATH points into ``home``. ``dagster_yaml`` adds top-level
+    sections to the instance's dagster.yaml (e.g. ``{"sensors": {"use_threads": True}}``).
     """
     home.mkdir(parents=True, exist_ok=True)
-    write_dagster_yaml(home, postgres)
+    write_dagster_yaml(home, postgres, dagster_yaml)
     port = free_port()
     full_env = {
         **os.environ,

@@ -18,6 +18,7 @@ import pytest
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
     DagsterInstance,
     DagsterRunStatus,
@@ -337,3 +338,16 @@ def test_in_step_retry_rebuilds_only_what_did_not_succeed(shop_project, tmp_path
 def test_downstream_of_an_ephemeral_model_is_a_clear_error(shop_assets: AssetsDefinition) -> None:
     with pytest.raises(ValueError, match="ephemeral"):
         build_watcher_sensors(shop_assets, downstream={"int_order_payments": notify_job})
+
+
+def test_a_new_sensor_does_not_replay_the_materialization_history(shop_assets: AssetsDefinition, tmp_path: Path) -> None:
+    """Deploying a consumer on an instance with history acts on the newest materialization only."""
+    instance = instance_at(tmp_path)
+    for _ in range(3):
+        instance.report_runless_asset_event(AssetMaterialization(AssetKey("customers")))
+    sensors = Sensors(build_watcher_sensors(shop_assets, downstream={"customers": notify_job}), instance)
+    requests, _ = sensors.tick("watch_customers")
+    assert len(requests) == 1
+    newest = instance.fetch_materializations(AssetKey("customers"), limit=1).records[0].storage_id
+    assert requests[0].run_key == f"watch_customers:{newest}:notify_job"
+    assert sensors.tick("watch_customers")[0] == []
