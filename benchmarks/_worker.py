@@ -181,11 +181,37 @@ class _FakeInvocation:
         pass
 
 
+def _patch_dagster_output_asset_keys() -> None:
+    """BENCHMARK-ONLY monkeypatch (DW_BENCH_PATCH_DAGSTER=1), to measure what the producer costs once
+    a Dagster hot spot is fixed; dagster_watcher itself patches nothing.
+
+    dagster 1.13's ``StepExecutionContext.get_output_asset_keys`` is called for EVERY ``Output`` a step
+    yields (``_step_output_error_checked_user_event_sequence``, execute_step.py:239) and loops over
+    every step output, calling ``AssetLayer.get_selected_entity_keys_for_node`` inside the loop, which
+    rebuilds the set of all the node's asset and check keys (``AssetsDefinition.asset_and_check_keys``)
+    each time: O(outputs x keys) per Output, O(n^3) for a step with n outputs. The set it returns is
+    fixed for the step, so computing it once per step context gives the same answer."""
+    from dagster._core.execution.context.system import StepExecutionContext
+
+    original = StepExecutionContext.get_output_asset_keys
+
+    def get_output_asset_keys(self):  # type: ignore[no-untyped-def]
+        cached = self.__dict__.get("_dw_bench_output_asset_keys")
+        if cached is None:
+            cached = self.__dict__["_dw_bench_output_asset_keys"] = original(self)
+        return cached
+
+    StepExecutionContext.get_output_asset_keys = get_output_asset_keys  # type: ignore[method-assign]
+
+
 def cmd_replay(out: str, ticks_out: str | None = None) -> int:
     import bench_defs
     from dagster import DagsterEventType, DagsterInstance, materialize
 
     from dagster_watcher import DbtWatcherResource
+
+    if os.environ.get("DW_BENCH_PATCH_DAGSTER") == "1":
+        _patch_dagster_output_asset_keys()
 
     fakes: list[_FakeInvocation] = []
     assets = bench_defs.bench_dbt_assets
@@ -232,6 +258,7 @@ def cmd_replay(out: str, ticks_out: str | None = None) -> int:
             "stream_seconds": fake.t_end - fake.t_first,
             "step_seconds": step_end - step_start,
             "per_node_ms": (fake.t_end - fake.t_first) / n * 1000,
+            "dagster_patched": os.environ.get("DW_BENCH_PATCH_DAGSTER") == "1",
             "run_id": result.run_id,
         },
     )

@@ -144,6 +144,10 @@ class Bench:
     manifest: dict[str, Any] = field(default_factory=dict)
     keep_runs: bool = False
     dagster_home_root: Path | None = None
+    postgres: Any = None
+    """A running tests.deployment.PostgresServer: each run then gets its own fresh database."""
+    _runs: int = 0
+    patch_dagster: bool = False
 
     @property
     def duckdb(self) -> Path:
@@ -163,6 +167,8 @@ class Bench:
 
     def base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DBT_", "DW_BENCH_", "DAGSTER_"))}
+        if self.postgres is not None:
+            env["DAGSTER_PG_PASSWORD"] = self.postgres.password
         env.update(
             DBT_SEND_ANONYMOUS_USAGE_STATS="false",
             DO_NOT_TRACK="1",
@@ -189,6 +195,8 @@ class Bench:
         else:
             (run_dir / "dagster_home").mkdir()
         (run_dir / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        if self.postgres is not None:
+            self._fresh_postgres_home(run_dir / "dagster_home")
         shutil.copy(self.msgpack, run_dir / "target" / "partial_parse.msgpack")
         for suffix in ("", ".wal"):
             Path(f"{self.duckdb}{suffix}").unlink(missing_ok=True)
@@ -202,6 +210,26 @@ class Bench:
             DW_BENCH_MANIFEST_TARGET=str(self.parsed_target),
         )
         return run_dir, env
+
+    def _fresh_postgres_home(self, home: Path) -> None:
+        """A new database for this run, its schema created here (untimed: a deployment creates it once)."""
+        import contextlib
+
+        import yaml
+        from dagster import DagsterInstance
+        from dagster._core.instance.ref import InstanceRef
+
+        self._runs += 1
+        db = f"bench_{os.getpid()}_{self._runs}"
+        with contextlib.closing(self.postgres.connect()) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'create database "{db}"')
+        storage = self.postgres.dagster_storage()
+        storage["postgres"]["postgres_db"]["db_name"] = db
+        (home / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": {"enabled": False}, "storage": storage}))
+        os.environ["DAGSTER_PG_PASSWORD"] = self.postgres.password
+        DagsterInstance.from_ref(InstanceRef.from_dir(str(home))).dispose()
 
     def dbt_args(self, threads: int) -> list[str]:
         return ["--project-dir", str(self.project_dir), "--profiles-dir", str(self.project_dir), "--threads", str(threads)]
@@ -492,6 +520,8 @@ def measure_replay(bench: Bench, repeat: int, sensor_ticks: bool) -> dict[str, A
     for rep in range(repeat):
         run_dir, env = bench.fresh_run_dir(f"replay-r{rep}")
         env = _dagster_env(env, "watcher", "runner", bench.threads)
+        if bench.patch_dagster:
+            env["DW_BENCH_PATCH_DAGSTER"] = "1"
         res = run_dir / "replay.json"
         ticks = run_dir / "ticks.json"
         with_ticks = sensor_ticks and rep == repeat - 1
@@ -702,13 +732,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--load-time", action="store_true", help="code-location load time (dagster-dbt, watcher, watcher + sensors)")
     p.add_argument("--replay", action="store_true", help="watcher per-node producer overhead (fake dbt, real SQLite instance)")
     p.add_argument("--replay-repeat", type=int, default=0, help="repetitions of --replay (default: --repeat)")
+    p.add_argument("--replay-patch-dagster", action="store_true", help="replay with a benchmark-only fix of dagster's O(n^3) get_output_asset_keys (see _worker.py)")
     p.add_argument("--sensor-ticks", action="store_true", help="one tick of every consumer sensor after a (replayed) producer run")
     p.add_argument("--smoke", action="store_true", help="tiny CI run: example project, 1 repetition, cheap variants")
     p.add_argument("--out-dir", type=Path, default=HERE / "out")
     p.add_argument("--work-dir", type=Path, default=None, help="scratch (default: <out-dir>/work/<project>)")
+    p.add_argument("--instance", choices=["sqlite", "postgres"], default="sqlite", help="Dagster storage for every run: SQLite in a fresh DAGSTER_HOME (default) or a fresh database on a local PostgreSQL server started for the benchmark (fsync off; needs the postgresql package, see tests/deployment.py)")
     p.add_argument("--dagster-home-root", type=Path, default=None, help="put each run's DAGSTER_HOME (SQLite) under this dir, e.g. /dev/shm (default: the run dir, on disk)")
     p.add_argument("--keep-runs", action="store_true", help="keep each run's dbt target and Dagster home")
     args = p.parse_args(argv)
+    args.out_dir = args.out_dir.absolute()
+    if args.work_dir is not None:
+        args.work_dir = args.work_dir.absolute()
     if args.smoke:
         args.project, args.repeat, args.threads = "example", 1, 4
         if args.variants == "default":
@@ -731,13 +766,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.instance == "postgres":
+        sys.path.insert(0, str(REPO))
+        from tests.deployment import running_postgres
+
+        with running_postgres(database="bench_admin") as server:
+            return _main(opts, server)
+    return _main(opts, None)
+
+
+def _main(opts: argparse.Namespace, postgres: Any) -> int:
     started = dt.datetime.now().astimezone()
     project_dir = ensure_project(opts.project)
     out_dir: Path = opts.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     work = (opts.work_dir or out_dir / "work") / opts.project
     work.mkdir(parents=True, exist_ok=True)
-    bench = Bench(opts.project, project_dir, work, opts.threads, work / "bench.log", keep_runs=opts.keep_runs, dagster_home_root=opts.dagster_home_root)
+    bench = Bench(opts.project, project_dir, work, opts.threads, work / "bench.log", keep_runs=opts.keep_runs, dagster_home_root=opts.dagster_home_root, postgres=postgres)
+    bench.patch_dagster = opts.replay_patch_dagster
     bench.log.unlink(missing_ok=True)
     header = [
         f"# Benchmark: {opts.project}",
@@ -745,7 +791,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- date: {started:%Y-%m-%d %H:%M %Z}",
         f"- machine: {machine_line()}",
         f"- versions: {versions_line()}",
-        f"- Dagster instance: SQLite in a fresh DAGSTER_HOME per run, {'under ' + str(opts.dagster_home_root) if opts.dagster_home_root else 'on disk'}",
+        "- Dagster instance: "
+        + (
+            "PostgreSQL (local server, fsync off), a fresh database per run"
+            if postgres is not None
+            else f"SQLite in a fresh DAGSTER_HOME per run, {'under ' + str(opts.dagster_home_root) if opts.dagster_home_root else 'on disk'}"
+        ),
         f"- project: `{project_dir.relative_to(REPO) if project_dir.is_relative_to(REPO) else project_dir}`",
     ]
     print("\n".join(header), flush=True)
@@ -806,7 +857,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rs = [r for r in rep_data["replay"] if r.get("success")]
         if rs:
             sections += [
-                "## Producer overhead (watcher writer fed by a fake dbt that reports every node instantly; real SQLite instance)",
+                "## Producer overhead (watcher writer fed by a fake dbt that reports every node instantly; real SQLite instance"
+                + ("; dagster's get_output_asset_keys patched, benchmark only" if opts.replay_patch_dagster else "")
+                + ")",
                 "",
                 "| nodes | per-node writer cost ms (min / median) | stream s (median) | plan (step start -> dbt start) s | whole step s | process s |",
                 "|---|---|---|---|---|---|",

@@ -2,6 +2,7 @@
 own asset, status, checks, retries and consumers."""
 
 from .asset_decorator import WATCHER_PRODUCER_TAG, dbt_watcher_assets
+from .bigquery_resource import BigQueryWatcherResource
 from .consumers import build_watcher_schedule, build_watcher_sensors
 from .events import NodeResult, NodeStatus
 from .project import prepare_manifest
@@ -10,6 +11,7 @@ from .retry import WatcherRetryPolicy
 
 __all__ = [
     "WATCHER_PRODUCER_TAG",
+    "BigQueryWatcherResource",
     "DbtWatcherResource",
     "InvocationMode",
     "NodeResult",

@@ -25,6 +25,7 @@ This module knows dbt manifests and BigQuery, not Dagster.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import io
@@ -32,8 +33,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -51,6 +54,9 @@ if TYPE_CHECKING:  # imported lazily at run time: google-cloud-bigquery is an op
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "COMPILED_IDS_KEY",
+    "COMPILE_ERROR_KEY",
+    "RENDERED_HOOKS_KEY",
     "BigQueryEngine",
     "BigQueryEngineConfig",
     "Statement",
@@ -75,6 +81,16 @@ LABEL_INVOCATION = "dw-invocation"
 LABEL_RUN = "dw-run"
 
 _TERMINAL_RESOURCE_TYPES = ("model", "seed", "test")
+
+#: Node key (added by :func:`compile_project`) holding the node's pre-/post-hooks rendered by dbt at
+#: compile time: ``{"pre": [{"sql": ..., "transaction": bool}], "post": [...]}``. The manifest itself
+#: only stores hooks as unrendered Jinja; a node with hooks but without this key is not run.
+RENDERED_HOOKS_KEY = "dagster_watcher_rendered_hooks"
+#: Node key (added by :func:`compile_project`) holding dbt's error when the node failed to compile.
+COMPILE_ERROR_KEY = "dagster_watcher_compile_error"
+
+#: Statement kinds that do a node's actual work (the others are hooks and temp-table housekeeping).
+_MAIN_KINDS = ("create_view", "create_table", "merge", "insert", "load_seed", "test")
 
 
 class UnsupportedNodeError(ValueError):
@@ -160,7 +176,7 @@ class Statement:
 
     kind: str
     """``create_view``, ``create_table``, ``create_tmp``, ``merge``, ``insert``, ``drop_tmp``,
-    ``test``, ``load_seed``."""
+    ``drop_table``, ``drop_view``, ``test``, ``load_seed``, ``pre_hook``, ``post_hook``."""
     sql: str | None = None
     load_path: str | None = None
     load_destination: str | None = None
@@ -294,6 +310,18 @@ def _merge_sql(
 def _insert_sql(target: str, source: str, columns: Sequence[str]) -> str:
     cols = ", ".join(quote(c) for c in columns)
     return f"insert into {target} ({cols})\nselect {cols} from {source}"
+
+
+def _hook_statements(node: Mapping[str, Any], which: str) -> list[Statement]:
+    """The node's non-empty rendered ``pre``/``post`` hooks as statements, in dbt's order: pre-hooks
+    outside the transaction first, post-hooks outside the transaction last (BigQuery has no
+    transaction here; the order is what is kept). A hook rendering to nothing is not run, as in dbt."""
+    hooks = list((node.get(RENDERED_HOOKS_KEY) or {}).get(which) or [])
+    outside = [h for h in hooks if not h.get("transaction", True)]
+    inside = [h for h in hooks if h.get("transaction", True)]
+    ordered = [*outside, *inside] if which == "pre" else [*inside, *outside]
+    return [Statement(f"{which}_hook", str(h["sql"]).strip()) for h in ordered
+            if str(h.get("sql") or "").strip()]
 
 
 def _test_sql(node: Mapping[str, Any]) -> str:
@@ -511,17 +539,32 @@ def _topological(nodes: Mapping[str, _Node]) -> list[str]:
 
 def _unsupported_reason(node: Mapping[str, Any], rtype: str, materialized: str) -> str | None:
     config = node.get("config") or {}
+    if node.get(COMPILE_ERROR_KEY):
+        return str(node[COMPILE_ERROR_KEY])
     if rtype not in _TERMINAL_RESOURCE_TYPES:
         return f"resource type {rtype!r} is not supported by the BigQuery async engine"
     if rtype == "model" and materialized not in ("view", "table", "incremental"):
         return f"materialization {materialized!r} is not supported by the BigQuery async engine"
     if rtype == "model" and node.get("language", "sql") != "sql":
         return "python models are not supported by the BigQuery async engine"
-    if config.get("pre-hook") or config.get("post-hook"):
-        # Hooks are stored unrendered (Jinja) in the manifest: running them would need dbt.
-        return "pre-/post-hooks are not supported by the BigQuery async engine"
+    if (config.get("pre-hook") or config.get("post-hook")) and RENDERED_HOOKS_KEY not in node:
+        # Hooks are stored unrendered (Jinja) in the manifest; compile_project() renders them with
+        # dbt at compile time. Without that, running them would need dbt.
+        return ("pre-/post-hooks are not supported by the BigQuery async engine unless rendered at "
+                "compile time (compile with compile_project(), which renders them with dbt)")
     if config.get("sql_header"):
         return "sql_header is not supported by the BigQuery async engine"
+    # Configs dbt-bigquery would apply after (or while) building the relation. Not generated here:
+    # fail loudly rather than build a relation without its grants, contract or table options.
+    if config.get("grants"):
+        return "grants are not supported by the BigQuery async engine (dbt would apply them after the build)"
+    if (config.get("contract") or {}).get("enforced"):
+        return "enforced model contracts are not supported by the BigQuery async engine"
+    if rtype == "test" and config.get("store_failures"):
+        return "store_failures is not supported by the BigQuery async engine"
+    for option in ("hours_to_expiration", "kms_key_name", "require_partition_filter", "partition_expiration_days"):
+        if config.get(option) not in (None, False):
+            return f"{option} is not supported by the BigQuery async engine"
     if materialized == "incremental":
         strategy = (config.get("incremental_strategy") or "merge").lower()
         if strategy not in ("merge", "append"):
@@ -567,6 +610,8 @@ class BigQueryEngine:
         self._inflight: dict[str, Any] = {}
         """job_id -> job, for cancel() from another thread."""
         self._cancelled_jobs: set[str] = set()
+        self._submitting: set[str] = set()
+        """Job ids whose jobs.insert (or re-attach) has started but whose job is not tracked yet."""
 
     @property
     def client(self) -> Client:
@@ -585,13 +630,17 @@ class BigQueryEngine:
         """
         self._cancel_event.set()
         with self._lock:
-            jobs = [(job_id, job) for job_id, job in self._inflight.items()
+            jobs = [(job_id, job.project, job.location) for job_id, job in self._inflight.items()
                     if job_id not in self._cancelled_jobs]
-            self._cancelled_jobs.update(job_id for job_id, _ in jobs)
+            self._cancelled_jobs.update(job_id for job_id, _, _ in jobs)
+            # A submission in progress (or interrupted mid-request): the server may have created the
+            # job already. Not marked cancelled: if its insert still returns, _track cancels again.
+            jobs += [(job_id, self.config.project, self.config.location)
+                     for job_id in sorted(self._submitting) if job_id not in self._inflight]
         cancelled = []
-        for job_id, job in jobs:
+        for job_id, project, location in jobs:
             try:
-                self.client.cancel_job(job_id, project=job.project, location=job.location,
+                self.client.cancel_job(job_id, project=project, location=location,
                                        timeout=self.config.api_timeout)
                 cancelled.append(job_id)
             except Exception as error:  # noqa: BLE001 - a job that just finished cannot be cancelled
@@ -638,6 +687,7 @@ class BigQueryEngine:
         with self._lock:
             self._inflight.clear()
             self._cancelled_jobs.clear()
+            self._submitting.clear()
         runner = _Run(self, manifest, unique_ids, run_id, full_refresh=full_refresh,
                       build_semantics=build_semantics)
         return runner.iterate()
@@ -656,6 +706,14 @@ class BigQueryEngine:
                                        timeout=self.config.api_timeout)
             except Exception as error:  # noqa: BLE001
                 logger.warning("could not cancel BigQuery job %s: %s", job.job_id, error)
+
+    def _begin_submit(self, job_id: str) -> None:
+        with self._lock:
+            self._submitting.add(job_id)
+
+    def _end_submit(self, job_id: str) -> None:
+        with self._lock:
+            self._submitting.discard(job_id)
 
     def _untrack(self, job: Any) -> None:
         with self._lock:
@@ -726,6 +784,8 @@ class _Run:
             yield from self._drain()
         finally:
             leftover = [r.job for r in self.inflight.values() if r.job is not None]
+            with self.engine._lock:
+                leftover += sorted(self.engine._submitting)
             if leftover and self.config.cancel_on_close:
                 logger.warning("result iterator closed with %d jobs in flight: cancelling them",
                                len(leftover))
@@ -771,7 +831,19 @@ class _Run:
 
     def _choose_plan(self, run: _NodeRun, plan: str | None = None) -> None:
         """Pick the statement sequence. For incremental models it depends on whether the target
-        exists *now* (and on its columns), so it is decided when the node is about to run."""
+        exists *now* (and on its columns), so it is decided when the node is about to run.
+
+        Rendered pre-hooks come first and post-hooks after the node's work (before an incremental
+        model's temp table is dropped, as in dbt-bigquery's materialization). They do not change
+        from one attempt to the next, so statement indices (and job ids) stay stable."""
+        self._plan_statements(run, plan)
+        pre, post = _hook_statements(run.spec.node, "pre"), _hook_statements(run.spec.node, "post")
+        if pre or post:
+            body = list(run.statements)
+            tail = [body.pop()] if body and body[-1].kind == "drop_tmp" else []
+            run.statements = [*pre, *body, *post, *tail]
+
+    def _plan_statements(self, run: _NodeRun, plan: str | None = None) -> None:
         spec, node = run.spec, run.spec.node
         config = node.get("config") or {}
         if spec.resource_type == "seed":
@@ -821,7 +893,7 @@ class _Run:
                 columns = self._existing_columns(node)
                 plan = "create" if columns is None else f"incremental-{strategy}"
             if plan.startswith("create"):
-                self._choose_plan(run, plan=plan)
+                self._plan_statements(run, plan=plan)
                 return
         if plan != f"incremental-{strategy}":
             raise ValueError(f"unknown plan {plan!r} for {spec.unique_id}")
@@ -906,6 +978,10 @@ class _Run:
                 return
             job_id = make_job_id(self.config.job_id_prefix, self.run_id, run.spec.unique_id,
                                  run.attempt, run.index)
+            # Until the job is tracked (or known to be finished), its id is "being submitted": an
+            # interrupt that lands inside jobs.insert (the server may already run the job) or
+            # inside the re-attach still cancels it. Only a clean outcome clears the mark.
+            self.engine._begin_submit(job_id)
             try:
                 job = self._submit(run, run.statements[run.index], job_id)
             except Conflict:
@@ -913,13 +989,18 @@ class _Run:
                                                  location=self.config.location,
                                                  timeout=self.config.api_timeout)
                 action = self._adopt(run, job)
+                self.engine._end_submit(job_id)
                 if action == "failed":
                     self._fail_job(run, job)
                     return
                 if action == "poll":
                     return
                 continue  # "next" (index advanced) or "retry" (attempt bumped)
+            except Exception:
+                self.engine._end_submit(job_id)  # the insert failed: reported as the node's error
+                raise
             self._start_polling(run, job)
+            self.engine._end_submit(job_id)
             return
 
     def _adopt(self, run: _NodeRun, job: Any) -> str:
@@ -1078,7 +1159,7 @@ class _Run:
         if spec.resource_type == "test":
             status, dbt_status, failures, message = self._test_outcome(run)
         else:
-            message = _success_message(_main_job(run.done_jobs))
+            message = _success_message(_main_job(run))
         self._emit(run, status, dbt_status, message=message, failures=failures)
         if status.succeeded:
             for child in spec.children:
@@ -1189,7 +1270,7 @@ class _Run:
     def _adapter_response(self, run: _NodeRun) -> dict[str, Any]:
         jobs = run.done_jobs
         last = jobs[-1]
-        main = _main_job(jobs) or last
+        main = _main_job(run) or last
         location = last.location or self.config.location or "US"
         bytes_processed = sum(int(getattr(j, "total_bytes_processed", None) or 0) for j in jobs)
         bytes_billed = sum(int(getattr(j, "total_bytes_billed", None) or 0) for j in jobs)
@@ -1235,11 +1316,14 @@ def _plan_from_label(run: _NodeRun, label: str) -> str:
     raise ValueError(f"plan label {label!r} does not fit {spec.unique_id} ({spec.materialized})")
 
 
-def _main_job(jobs: Sequence[Any]) -> Any:
-    """The job that did the node's work: the MERGE/INSERT of an incremental, else the last one."""
+def _main_job(run: _NodeRun) -> Any:
+    """The job that did the node's work: the MERGE/INSERT of an incremental, the CREATE of a table
+    or view, the load of a seed (not a hook, not the temp table). Else the last job."""
+    jobs = run.done_jobs
     if not jobs:
         return None
-    return next((j for j in jobs if _statement_type(j) in ("MERGE", "INSERT")), jobs[-1])
+    main = [job for statement, job in zip(run.statements, jobs, strict=False) if statement.kind in _MAIN_KINDS]
+    return main[-1] if main else jobs[-1]
 
 
 def _statement_type(job: Any) -> str | None:
@@ -1281,6 +1365,56 @@ def _error_text(error: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Top-level manifest key (added by :func:`compile_project`): unique_ids this compile selected.
+COMPILED_IDS_KEY = "dagster_watcher_compiled"
+
+# Runs in the dbt subprocess (``python -c``): ``dbt compile`` through dbtRunner, plus two things the
+# CLI does not do. (1) Every node's pre-/post-hooks are rendered with the same context dbt gives the
+# materialization at run time (where ``run_hooks()`` renders them), and written to a side file: the
+# manifest only stores them as Jinja. (2) Optionally, compile errors do not stop the compile (dbt
+# compile stops at the first error; dbt build does not): each failing node is reported in
+# run_results.json and the others are still compiled.
+_COMPILE_SCRIPT = r"""
+import json, sys
+args, hooks_path, fail_fast = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+from dbt.cli.main import dbtRunner
+from dbt.clients import jinja
+from dbt.compilation import Compiler
+from dbt.task.compile import CompileTask
+
+rendered = {}
+original = Compiler.compile_node
+
+
+def compile_node(self, node, manifest, *args, **kwargs):
+    node = original(self, node, manifest, *args, **kwargs)
+    config = getattr(node, "config", None)
+    hooks = {"pre": list(getattr(config, "pre_hook", None) or []),
+             "post": list(getattr(config, "post_hook", None) or [])}
+    if hooks["pre"] or hooks["post"]:
+        extra = args[0] if args else kwargs.get("extra_context")
+        context = self._create_node_context(node, manifest, dict(extra or {}))
+        rendered[node.unique_id] = {
+            which: [{"sql": jinja.get_rendered(h.sql, context, node), "transaction": bool(h.transaction),
+                     "index": h.index} for h in items]
+            for which, items in hooks.items()
+        }
+    return node
+
+
+Compiler.compile_node = compile_node
+if not fail_fast:
+    CompileTask.raise_on_first_error = lambda self: False
+result = dbtRunner().invoke(args)
+with open(hooks_path, "w") as handle:
+    json.dump(rendered, handle)
+if result.exception is not None:
+    print(f"dbt compile raised {type(result.exception).__name__}: {result.exception}", file=sys.stderr)
+    sys.exit(2)
+sys.exit(0 if result.success else 1)
+"""
+
+
 def compile_project(
     project_dir: str | os.PathLike[str],
     *,
@@ -1291,35 +1425,105 @@ def compile_project(
     select: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
     dbt_executable: str | None = None,
+    extra_args: Sequence[str] = (),
+    fail_fast: bool = True,
+    parse_cache: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run ``dbt compile`` for a BigQuery target (in a subprocess) and return the manifest.
 
     ``dbt compile`` needs the warehouse: ``is_incremental()`` and the relation cache ask BigQuery
     what exists. Compile right before a run so incremental models see the current state.
+
+    Without ``dbt_executable`` dbt runs from this interpreter (``python -c``, dbtRunner) and two
+    things are added to the returned manifest: each node's pre-/post-hooks rendered by dbt
+    (:data:`RENDERED_HOOKS_KEY`; the engine runs the non-empty ones) and, with ``fail_fast=False``,
+    each node that failed to compile carries dbt's error under :data:`COMPILE_ERROR_KEY` (the engine
+    fails it and skips its descendants, like ``dbt build``) instead of the whole compile raising.
+    With ``dbt_executable`` (dbt in another environment) the plain ``dbt compile`` CLI runs: hooks
+    stay unrendered (nodes with hooks are then reported unsupported) and compile errors raise.
+
+    ``extra_args``: more ``dbt compile`` arguments (``--select``/``--exclude``/``--selector``,
+    ``--indirect-selection``, ``--full-refresh``). ``parse_cache``: a file where dbt's
+    ``partial_parse.msgpack`` is kept between compiles into different ``target_path`` folders, so
+    later compiles parse only what changed (dbt itself discards it when project, profile or vars differ).
+
+    The manifest also lists the unique_ids the compile selected under :data:`COMPILED_IDS_KEY`.
     """
     project_dir = Path(project_dir).resolve()
-    exe = dbt_executable or str(Path(sys.executable).with_name("dbt"))
-    cmd = [exe, "compile", "--project-dir", str(project_dir), "--quiet"]
+    args = ["compile", "--project-dir", str(project_dir), "--quiet"]
     if profiles_dir is not None:
-        cmd += ["--profiles-dir", str(Path(profiles_dir).resolve())]
+        args += ["--profiles-dir", str(Path(profiles_dir).resolve())]
     if target:
-        cmd += ["--target", target]
+        args += ["--target", target]
     if target_path is not None:
         target_path = Path(target_path).resolve()
+        target_path.mkdir(parents=True, exist_ok=True)
         # Logs beside the artifacts, not in the project tree.
-        cmd += ["--target-path", str(target_path), "--log-path", str(target_path / "logs")]
+        args += ["--target-path", str(target_path), "--log-path", str(target_path / "logs")]
     if vars:
-        cmd += ["--vars", json.dumps(dict(vars))]
+        args += ["--vars", json.dumps(dict(vars))]
     if select:
-        cmd += ["--select", *select]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=str(project_dir))
-    if proc.returncode != 0:
+        args += ["--select", *select]
+    args += list(extra_args)
+    manifest_dir = Path(target_path) if target_path is not None else project_dir / "target"
+    if parse_cache is not None and target_path is not None:
+        cached = Path(parse_cache)
+        if cached.is_file() and not (manifest_dir / "partial_parse.msgpack").exists():
+            shutil.copyfile(cached, manifest_dir / "partial_parse.msgpack")
+
+    with contextlib.suppress(OSError):  # never read a previous compile's results
+        (manifest_dir / "run_results.json").unlink()
+    hooks_file = None
+    if dbt_executable:
+        cmd = [dbt_executable, *args]
+    else:
+        handle, hooks_file = tempfile.mkstemp(prefix="dw-hooks-", suffix=".json")
+        os.close(handle)
+        cmd = [sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(args), hooks_file, "1" if fail_fast else "0"]
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, cwd=str(project_dir))
+        rendered: dict[str, Any] = {}
+        if hooks_file is not None:
+            with contextlib.suppress(OSError, ValueError), open(hooks_file) as hooks_handle:
+                rendered = json.load(hooks_handle)
+    finally:
+        if hooks_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(hooks_file)
+    results = _read_run_results(manifest_dir / "run_results.json")
+    node_errors = {uid: r for uid, r in results.items() if r.get("status") in ("error", "skipped")}
+    # Exit code 1 is "some node failed"; 2 is dbt itself failing (profile, project, connection).
+    tolerated = proc.returncode == 1 and not fail_fast and not dbt_executable and bool(node_errors)
+    if proc.returncode != 0 and not tolerated:
         raise RuntimeError(f"dbt compile failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                            f"{proc.stderr[-4000:]}")
-    manifest_dir = Path(target_path) if target_path is not None else Path(project_dir) / "target"
-    if not manifest_dir.is_absolute():
-        manifest_dir = Path(project_dir) / manifest_dir
-    with open(manifest_dir / "manifest.json") as handle:
-        return json.load(handle)
+    with open(manifest_dir / "manifest.json") as manifest_handle:
+        manifest: dict[str, Any] = json.load(manifest_handle)
+    nodes = manifest.get("nodes") or {}
+    for uid, hooks in rendered.items():
+        if uid in nodes:
+            nodes[uid][RENDERED_HOOKS_KEY] = hooks
+    for uid, result in node_errors.items():
+        if uid in nodes:
+            if result.get("status") == "error":
+                nodes[uid][COMPILE_ERROR_KEY] = f"dbt compile failed: {result.get('message') or 'error'}"
+            else:
+                nodes[uid][COMPILE_ERROR_KEY] = "not compiled: an upstream node failed to compile"
+    manifest[COMPILED_IDS_KEY] = sorted(results)
+    if parse_cache is not None and (manifest_dir / "partial_parse.msgpack").is_file():
+        cached = Path(parse_cache)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        scratch = cached.with_name(f".{cached.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        shutil.copyfile(manifest_dir / "partial_parse.msgpack", scratch)
+        os.replace(scratch, cached)  # atomic: a concurrent compile reads the old or the new file
+    return manifest
 
+
+def _read_run_results(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return {r["unique_id"]: r for r in data.get("results") or [] if r.get("unique_id")}

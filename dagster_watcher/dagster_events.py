@@ -63,6 +63,31 @@ def _common_metadata(result: NodeResult) -> dict[str, Any]:
     return metadata
 
 
+#: adapter_response keys that are also shown as top-level metadata when present (dbt-bigquery's
+#: response and the BigQuery engine's both carry them).
+_TOP_LEVEL_RESPONSE_KEYS = ("job_id", "statement_type", "bytes_processed", "bytes_billed", "slot_ms")
+
+
+def _response_metadata(response: dict[str, Any]) -> dict[str, Any]:
+    """Readable top-level entries for the warehouse job(s) behind a node, where the adapter said."""
+    metadata: dict[str, Any] = {}
+    for key in _TOP_LEVEL_RESPONSE_KEYS:
+        value = response.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            metadata[key] = MetadataValue.int(value)
+        elif isinstance(value, str):
+            metadata[key] = value
+    job_ids = response.get("job_ids")
+    if isinstance(job_ids, list) and len(job_ids) > 1:
+        metadata["job_ids"] = MetadataValue.json(job_ids)
+    link = response.get("job_link")
+    if isinstance(link, str) and link.startswith(("https://", "http://")):
+        metadata["job_link"] = MetadataValue.url(link)
+    return metadata
+
+
 def _success_metadata(result: NodeResult) -> dict[str, Any]:
     metadata = _common_metadata(result)
     response = {k: v for k, v in result.adapter_response.items() if v not in (None, "")}
@@ -71,6 +96,7 @@ def _success_metadata(result: NodeResult) -> dict[str, Any]:
         rows = response.get("rows_affected")
         if isinstance(rows, int) and rows >= 0:
             metadata["rows_affected"] = rows
+        metadata.update(_response_metadata(response))
     if result.relation_name:
         metadata["relation_name"] = result.relation_name
     if result.compiled_code:
@@ -127,6 +153,7 @@ def to_dagster_event(result: NodeResult, target: NodeTarget) -> DagsterNodeEvent
     metadata = _common_metadata(result)
     description = describe_failure(result)
     metadata[WATCHER_ERROR_KEY] = MetadataValue.text(description)
+    metadata.update(_response_metadata(dict(result.adapter_response)))  # the failed job, if any
     if result.skipped_because:
         metadata[WATCHER_SKIPPED_BECAUSE_KEY] = MetadataValue.json(list(result.skipped_because))
     return AssetObservation(asset_key=target.asset_key, description=description, metadata=metadata)

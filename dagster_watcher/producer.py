@@ -264,6 +264,10 @@ def stream_build(
     try:
         for result in source.results():
             yield from emit(result)
+    except GeneratorExit:
+        # Dagster closed the step's generator: nothing more may be yielded; just stop the work.
+        source.cancel()
+        raise
     except BaseException:
         # Termination or any error on the writer's side: stop the work; record what is known; re-raise.
         source.cancel()
