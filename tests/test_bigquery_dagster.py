@@ -382,7 +382,8 @@ def test_independent_models_run_as_overlapping_jobs_from_one_engine(
     bq_defs: ModuleType, bq_client: Any, instance: DagsterInstance
 ) -> None:
     dataset = "t_overlap"
-    resource = bq_defs.make_resource(dbt_vars={"slow_n": 1000}, max_concurrent_jobs=3, dbt_env={"BQ_DATASET": dataset})
+    # Each job must outlast the server's ~1 s hold on jobs.insert, on an idle machine too (1300: seconds).
+    resource = bq_defs.make_resource(dbt_vars={"slow_n": 1300}, max_concurrent_jobs=3, dbt_env={"BQ_DATASET": dataset})
     result = materialize(
         [bq_defs.bq_project_assets], selection=bq_defs.SLOW, resources={"bigquery_watcher": resource}, instance=instance
     )
