@@ -19,9 +19,7 @@ import binascii
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -31,12 +29,12 @@ from dagster import AssetExecutionContext, ConfigurableResource, DagsterInstance
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
-from .asset_decorator import HOST_TAG, PID_TAG, policy_from_tags
 from .bigquery import COMPILED_IDS_KEY, BigQueryEngine, BigQueryEngineConfig, compile_project
 from .dagster_events import DagsterNodeEvent
 from .events import NodeResult
 from .invocation import InvocationExit
-from .producer import BuildPlan, plan_for_context, stream_build, succeeded_in_run
+from .producer import BuildPlan, start_step, stream_build
+from .project import checked_project_dir, project_kwargs
 from .retry import RETRY_OF_TAG
 
 if TYPE_CHECKING:
@@ -253,25 +251,12 @@ class BigQueryWatcherResource(ConfigurableResource):
     progress: bool = Field(default=True, description="Print a progress line per node and a summary to stdout.")
 
     def __init__(self, project_dir: str | Path | DbtProject, **kwargs: Any) -> None:
-        if isinstance(project_dir, DbtProject):
-            kwargs.setdefault("profiles_dir", os.fspath(project_dir.profiles_dir))
-            if project_dir.target:
-                kwargs.setdefault("target", project_dir.target)
-            project_dir = project_dir.project_dir
-        if kwargs.get("profiles_dir") is not None:
-            kwargs["profiles_dir"] = os.fspath(kwargs["profiles_dir"])
-        super().__init__(project_dir=os.fspath(project_dir), **kwargs)  # type: ignore[call-arg]
+        super().__init__(**project_kwargs(project_dir, kwargs))
 
     @field_validator("project_dir")
     @classmethod
     def _check_project_dir(cls, value: str) -> str:
-        path = Path(value).absolute()
-        if not (path / "dbt_project.yml").is_file():
-            raise ValueError(
-                f"project_dir {value!r} ({path}) is not a dbt project: it has no dbt_project.yml. Set "
-                "BigQueryWatcherResource(project_dir=...) to the folder that holds dbt_project.yml."
-            )
-        return os.fspath(path.resolve())
+        return checked_project_dir(value, "BigQueryWatcherResource")
 
     # -- configuration helpers ----------------------------------------------------------------------
 
@@ -403,18 +388,9 @@ class BigQueryWatcherResource(ConfigurableResource):
         cancels every job in flight. Raises :class:`dagster.Failure` once every outcome is recorded if
         any node did not succeed.
         """
-        already_done: frozenset[str] = frozenset()
-        if context.retry_number > 0:
-            already_done = succeeded_in_run(context)
-            context.log.info(
-                f"dagster-watcher: attempt {context.retry_number + 1}; {len(already_done)} node(s) already "
-                "succeeded in this run and are not rebuilt"
-            )
-        plan = plan_for_context(context, already_done)
-        if plan.is_empty:
-            context.log.info("dagster-watcher: nothing left to build in this step; nothing was submitted.")
+        plan = start_step(context)
+        if plan is None:
             return
-        context.instance.add_run_tags(context.run.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
         refresh = self.full_refresh if full_refresh is None else full_refresh
         key = job_run_key(context.instance, context.run, self.reattach)
         try:
@@ -437,7 +413,7 @@ class BigQueryWatcherResource(ConfigurableResource):
             plan,
             BigQueryResultSource(engine, manifest, unique_ids, key, full_refresh=refresh),
             progress=self.progress,
-            retry_policy=policy_from_tags(context.op_execution_context.op.tags),
+            retry_policy=plan.retry_policy,
         )
 
     @staticmethod

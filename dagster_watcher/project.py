@@ -107,3 +107,27 @@ def prepare_manifest(project: DbtProject, *, force: bool = False) -> Path:
             )
         )
     return Path(project.manifest_path)
+
+
+def project_kwargs(project_dir: str | os.PathLike[str] | DbtProject, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of a resource given a path or a dagster-dbt ``DbtProject`` (whose profiles
+    dir and target apply unless set explicitly), with paths as strings."""
+    if isinstance(project_dir, DbtProject):
+        kwargs.setdefault("profiles_dir", os.fspath(project_dir.profiles_dir))
+        if project_dir.target:
+            kwargs.setdefault("target", project_dir.target)
+        project_dir = project_dir.project_dir
+    if kwargs.get("profiles_dir") is not None:
+        kwargs["profiles_dir"] = os.fspath(kwargs["profiles_dir"])
+    return {"project_dir": os.fspath(project_dir), **kwargs}
+
+
+def checked_project_dir(value: str, resource: str) -> str:
+    """The absolute project dir, or a ValueError that says what to set."""
+    path = Path(value).absolute()
+    if not (path / "dbt_project.yml").is_file():
+        raise ValueError(
+            f"project_dir {value!r} ({path}) is not a dbt project: it has no dbt_project.yml. "
+            f"Set {resource}(project_dir=...) to the folder that holds dbt_project.yml."
+        )
+    return os.fspath(path.resolve())

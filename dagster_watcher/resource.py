@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from .dagster_events import DagsterNodeEvent
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
 from .producer import DbtResultSource, start_step, stream_build
-from .project import profile_fingerprint, recorded_fingerprint
+from .project import checked_project_dir, profile_fingerprint, project_kwargs, recorded_fingerprint
 
 InvocationMode = Literal["auto", "runner", "subprocess"]
 
@@ -73,25 +73,12 @@ class DbtWatcherResource(ConfigurableResource):
     )
 
     def __init__(self, project_dir: str | Path | DbtProject, **kwargs: Any) -> None:
-        if isinstance(project_dir, DbtProject):
-            kwargs.setdefault("profiles_dir", os.fspath(project_dir.profiles_dir))
-            if project_dir.target:
-                kwargs.setdefault("target", project_dir.target)
-            project_dir = project_dir.project_dir
-        if kwargs.get("profiles_dir") is not None:
-            kwargs["profiles_dir"] = os.fspath(kwargs["profiles_dir"])
-        super().__init__(project_dir=os.fspath(project_dir), **kwargs)  # type: ignore[call-arg]
+        super().__init__(**project_kwargs(project_dir, kwargs))
 
     @field_validator("project_dir")
     @classmethod
     def _check_project_dir(cls, value: str) -> str:
-        path = Path(value).absolute()
-        if not (path / "dbt_project.yml").is_file():
-            raise ValueError(
-                f"project_dir {value!r} ({path}) is not a dbt project: it has no dbt_project.yml. "
-                "Set DbtWatcherResource(project_dir=...) to the folder that holds dbt_project.yml."
-            )
-        return os.fspath(path.resolve())
+        return checked_project_dir(value, "DbtWatcherResource")
 
     @field_validator("profiles_dir")
     @classmethod
