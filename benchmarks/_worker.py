@@ -1,6 +1,7 @@
 """Child-process entry points of the benchmark harness (``run.py`` starts each in a fresh Python process
 so every measurement pays what a user pays: interpreter start, imports, definition loading).
 
+    _worker.py prepare                      the up-front parse: prepare_manifest(force=True) for bench_defs
     _worker.py materialize                  materialize() the bench_defs assets (env-configured)
     _worker.py per-node-runner NODES OUT    one in-process dbtRunner call per node, pre-parsed manifest
     _worker.py load OUT                     code-location load: import bench_defs + resolve + snapshot
@@ -27,6 +28,22 @@ sys.path.insert(0, str(HERE))
 
 def _dump(out: str, data: dict) -> None:
     Path(out).write_text(json.dumps(data, indent=1, default=str))
+
+
+def cmd_prepare() -> int:
+    """Parse the project the way bench_defs' ``prepare_manifest`` would (same DbtProject, same env), so
+    its fingerprint sidecar is valid for every worker and no timed run parses again."""
+    from dagster_dbt import DbtProject
+
+    from dagster_watcher.project import prepare_manifest
+
+    project_dir = Path(os.environ["DW_BENCH_PROJECT_DIR"])
+    # Same arguments as bench_defs.project.
+    project = DbtProject(
+        project_dir=project_dir, profiles_dir=project_dir, target_path=os.environ["DW_BENCH_MANIFEST_TARGET"]
+    )
+    prepare_manifest(project, force=True)
+    return 0
 
 
 def cmd_materialize() -> int:
@@ -240,11 +257,14 @@ def cmd_replay(out: str, ticks_out: str | None = None) -> int:
     result = materialize([assets], resources={"dbt_watcher": replay}, instance=instance, raise_on_error=False)
     t1 = time.time()
     records = instance.all_logs(result.run_id)
-    step_start = next(r.timestamp for r in records if r.dagster_event and r.dagster_event.event_type == DagsterEventType.STEP_START)
+    step_start = next(
+        r.timestamp for r in records if r.dagster_event and r.dagster_event.event_type == DagsterEventType.STEP_START
+    )
     step_end = next(
         r.timestamp
         for r in records
-        if r.dagster_event and r.dagster_event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE)
+        if r.dagster_event
+        and r.dagster_event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE)
     )
     fake = fakes[0]
     n = len(uids)
@@ -308,6 +328,8 @@ def cmd_sensor_ticks(out: str) -> int:
 
 def main(argv: list[str]) -> int:
     cmd, *rest = argv
+    if cmd == "prepare":
+        return cmd_prepare()
     if cmd == "materialize":
         return cmd_materialize()
     if cmd == "per-node-runner":
@@ -321,5 +343,23 @@ def main(argv: list[str]) -> int:
     raise SystemExit(f"unknown worker command {cmd!r}")
 
 
+def _profiled_main(argv: list[str]) -> int:
+    """DW_BENCH_PROFILE=FILE: run the command under pyinstrument and write its text report to FILE
+    (how the hot spots in the README were found)."""
+    target = os.environ.get("DW_BENCH_PROFILE")
+    if not target:
+        return main(argv)
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.002)
+    profiler.start()
+    try:
+        return main(argv)
+    finally:
+        profiler.stop()
+        Path(target).write_text(profiler.output_text(unicode=False, color=False, show_all=True))
+        Path(target).with_suffix(".flat.txt").write_text(profiler.output_text(unicode=False, color=False, flat=True))
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(_profiled_main(sys.argv[1:]))

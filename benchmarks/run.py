@@ -51,7 +51,7 @@ VARIANTS: dict[str, str] = {
     "dbt-cli": "`dbt build` CLI (reference)",
     "per-node-cli": "one `dbt build --select <node>` CLI process per node, topological order",
     "per-node-runner": "one in-process dbtRunner call per node (pre-parsed manifest, one process)",
-    "dagster-dbt": "dagster-dbt `@dbt_assets` + `dbt.cli([\"build\"]).stream()`, materialize()",
+    "dagster-dbt": 'dagster-dbt `@dbt_assets` + `dbt.cli(["build"]).stream()`, materialize()',
     "watcher-runner": "dagster-watcher, runner mode (in-process dbtRunner), materialize()",
     "watcher-subprocess": "dagster-watcher, subprocess mode (`dbt --log-format json`), materialize()",
     "watcher-runner-cli": "dagster-watcher, runner mode, `dagster asset materialize` CLI",
@@ -60,7 +60,14 @@ VARIANTS: dict[str, str] = {
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "dagster-dbt-cli"]
 SMOKE_VARIANTS = ["dbt-cli", "watcher-runner"]
-DAGSTER_VARIANTS = {"dagster-dbt", "watcher-runner", "watcher-subprocess", "watcher-runner-cli", "watcher-subprocess-cli", "dagster-dbt-cli"}
+DAGSTER_VARIANTS = {
+    "dagster-dbt",
+    "watcher-runner",
+    "watcher-subprocess",
+    "watcher-runner-cli",
+    "watcher-subprocess-cli",
+    "dagster-dbt-cli",
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,6 +155,8 @@ class Bench:
     """A running tests.deployment.PostgresServer: each run then gets its own fresh database."""
     _runs: int = 0
     patch_dagster: bool = False
+    profile_dir: Path | None = None
+    """--profile: where the replay's and load's pyinstrument reports go"""
 
     @property
     def duckdb(self) -> Path:
@@ -232,7 +241,14 @@ class Bench:
         DagsterInstance.from_ref(InstanceRef.from_dir(str(home))).dispose()
 
     def dbt_args(self, threads: int) -> list[str]:
-        return ["--project-dir", str(self.project_dir), "--profiles-dir", str(self.project_dir), "--threads", str(threads)]
+        return [
+            "--project-dir",
+            str(self.project_dir),
+            "--profiles-dir",
+            str(self.project_dir),
+            "--threads",
+            str(threads),
+        ]
 
     def done_with(self, run_dir: Path) -> None:
         if not self.keep_runs:
@@ -255,12 +271,14 @@ def ensure_project(name: str) -> Path:
 
 
 def parse_project(bench: Bench) -> float:
-    """`dbt parse` with the benchmark's env into <work>/parsed_target: manifest.json for the Dagster
-    definitions and partial_parse.msgpack for every dbt process that follows."""
+    """The up-front parse into <work>/parsed_target: manifest.json for the Dagster definitions and
+    partial_parse.msgpack for every dbt process that follows. It goes through the watcher's own
+    ``prepare_manifest`` with the workers' env, which also writes the fingerprint sidecar: a plain
+    `dbt parse` leaves none, and the first watcher worker would then re-parse inside a timed run."""
     env = bench.base_env()
-    cmd = [BIN / "dbt", "parse", "--quiet", *bench.dbt_args(bench.threads), "--target-path", str(bench.parsed_target)]
+    env.update(DW_BENCH_PROJECT_DIR=str(bench.project_dir), DW_BENCH_MANIFEST_TARGET=str(bench.parsed_target))
     t0 = time.perf_counter()
-    proc = subprocess.run(list(map(str, cmd)), env=env, cwd=bench.project_dir, capture_output=True, text=True)
+    proc = subprocess.run([PY, str(WORKER), "prepare"], env=env, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"dbt parse failed:\n{proc.stdout}\n{proc.stderr}")
     seconds = time.perf_counter() - t0
@@ -276,7 +294,8 @@ def runnable_nodes(manifest: dict[str, Any]) -> list[str]:
     wanted = {
         u
         for u, n in nodes.items()
-        if n["resource_type"] in ("model", "seed", "snapshot") and (n.get("config") or {}).get("materialized") != "ephemeral"
+        if n["resource_type"] in ("model", "seed", "snapshot")
+        and (n.get("config") or {}).get("materialized") != "ephemeral"
     }
     order: list[str] = []
     state: dict[str, int] = {}
@@ -331,7 +350,9 @@ def analyse_dagster_run(run_dir: Path) -> dict[str, Any]:
     for r in run_results:
         for t in r.get("timing") or []:
             if t.get("name") == "execute" and t.get("completed_at"):
-                completed[r["unique_id"]] = dt.datetime.fromisoformat(t["completed_at"].replace("Z", "+00:00")).timestamp()
+                completed[r["unique_id"]] = dt.datetime.fromisoformat(
+                    t["completed_at"].replace("Z", "+00:00")
+                ).timestamp()
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(run_dir / "dagster_home")))
     try:
         runs = instance.get_runs()
@@ -360,7 +381,14 @@ def analyse_dagster_run(run_dir: Path) -> dict[str, Any]:
     finally:
         instance.dispose()
     outcomes = len(run_results)
-    node_types = ("STEP_OUTPUT", "ASSET_MATERIALIZATION", "ASSET_CHECK_EVALUATION", "ASSET_OBSERVATION", "HANDLED_OUTPUT", "LOG_MESSAGE")
+    node_types = (
+        "STEP_OUTPUT",
+        "ASSET_MATERIALIZATION",
+        "ASSET_CHECK_EVALUATION",
+        "ASSET_OBSERVATION",
+        "HANDLED_OUTPUT",
+        "LOG_MESSAGE",
+    )
     planned = by_type.get("ASSET_MATERIALIZATION_PLANNED", 0) + by_type.get("ASSET_CHECK_EVALUATION_PLANNED", 0)
     latencies.sort()
     return {
@@ -440,7 +468,9 @@ def run_variant(bench: Bench, variant: str, threads: int, rep: int, opts: argpar
     return sample
 
 
-def _run_per_node(bench: Bench, variant: str, threads: int, rep: int, run_dir: Path, env: dict[str, str], opts: argparse.Namespace) -> Sample:
+def _run_per_node(
+    bench: Bench, variant: str, threads: int, rep: int, run_dir: Path, env: dict[str, str], opts: argparse.Namespace
+) -> Sample:
     nodes = runnable_nodes(bench.manifest)
     n_sample = opts.per_node_sample if variant == "per-node-cli" else opts.per_node_runner_sample
     chosen = sample_evenly(nodes, n_sample)
@@ -454,7 +484,16 @@ def _run_per_node(bench: Bench, variant: str, threads: int, rep: int, run_dir: P
     if variant == "per-node-cli":
         walls, peak, maxrss = [], 0.0, 0.0
         for uid in chosen:
-            cmd = [BIN / "dbt", "build", "--select", select_name(bench.manifest, uid), "--indirect-selection", "buildable", "--quiet", *common]
+            cmd = [
+                BIN / "dbt",
+                "build",
+                "--select",
+                select_name(bench.manifest, uid),
+                "--indirect-selection",
+                "buildable",
+                "--quiet",
+                *common,
+            ]
             m = run_process(cmd, env=env, cwd=bench.project_dir, log=bench.log)
             walls.append(m.wall)
             peak, maxrss = max(peak, m.tree_peak_rss_mb), max(maxrss, m.max_process_rss_mb)
@@ -483,7 +522,12 @@ def _run_per_node(bench: Bench, variant: str, threads: int, rep: int, run_dir: P
         overhead = m.wall - sum(data["calls"])
         sample.seconds = overhead + per_call * len(nodes) if partial else m.wall
         sample.ok = m.code == 0
-        sample.metrics = {"nodes": len(nodes), "measured_nodes": len(chosen), "seconds_per_node": per_call, "process_overhead": overhead}
+        sample.metrics = {
+            "nodes": len(nodes),
+            "measured_nodes": len(chosen),
+            "seconds_per_node": per_call,
+            "process_overhead": overhead,
+        }
         sample.tree_peak_rss_mb, sample.max_process_rss_mb = m.tree_peak_rss_mb, m.max_process_rss_mb
     if partial:
         sample.note = f"extrapolated from {len(chosen)} of {len(nodes)} nodes"
@@ -497,16 +541,31 @@ def _run_per_node(bench: Bench, variant: str, threads: int, rep: int, run_dir: P
 
 def measure_load(bench: Bench, repeat: int) -> list[dict[str, Any]]:
     rows = []
-    configs = [("dagster-dbt", "dagster-dbt", "0"), ("watcher", "watcher", "0"), ("watcher + consumer sensors", "watcher", "1")]
+    configs = [
+        ("dagster-dbt", "dagster-dbt", "0"),
+        ("watcher", "watcher", "0"),
+        ("watcher + consumer sensors", "watcher", "1"),
+    ]
     for rep in range(repeat):
         for label, kind, sensors in configs:
             run_dir, env = bench.fresh_run_dir(f"load-{kind}-{sensors}-r{rep}")
             env = _dagster_env(env, kind, "runner", bench.threads)
             env["DW_BENCH_SENSORS"] = sensors
+            if bench.profile_dir is not None:
+                env["DW_BENCH_PROFILE"] = str(bench.profile_dir / f"load-{bench.project}-{kind}-{sensors}-r{rep}.txt")
             out = run_dir / "load.json"
             m = run_process([PY, WORKER, "load", out], env=env, cwd=REPO, log=bench.log)
             data = json.loads(out.read_text()) if out.exists() else {}
-            rows.append({"label": label, "rep": rep, "seconds": m.wall, "ok": m.code == 0, "rss_mb": m.max_process_rss_mb, **data})
+            rows.append(
+                {
+                    "label": label,
+                    "rep": rep,
+                    "seconds": m.wall,
+                    "ok": m.code == 0,
+                    "rss_mb": m.max_process_rss_mb,
+                    **data,
+                }
+            )
             print(f"  load {label:28} rep {rep}: {m.wall:6.2f}s {'ok' if m.code == 0 else 'FAILED'}", flush=True)
             bench.done_with(run_dir)
     return rows
@@ -522,6 +581,8 @@ def measure_replay(bench: Bench, repeat: int, sensor_ticks: bool) -> dict[str, A
         env = _dagster_env(env, "watcher", "runner", bench.threads)
         if bench.patch_dagster:
             env["DW_BENCH_PATCH_DAGSTER"] = "1"
+        if bench.profile_dir is not None:
+            env["DW_BENCH_PROFILE"] = str(bench.profile_dir / f"replay-{bench.project}-r{rep}.txt")
         res = run_dir / "replay.json"
         ticks = run_dir / "ticks.json"
         with_ticks = sensor_ticks and rep == repeat - 1
@@ -529,11 +590,17 @@ def measure_replay(bench: Bench, repeat: int, sensor_ticks: bool) -> dict[str, A
         data = json.loads(res.read_text()) if res.exists() else {"success": False}
         data.update(process_seconds=m.wall, ok=m.code == 0)
         out["replay"].append(data)
-        print(f"  replay rep {rep}: {data.get('nodes')} nodes, {data.get('per_node_ms', float('nan')):.2f} ms/node, step {data.get('step_seconds', float('nan')):.2f}s", flush=True)
+        print(
+            f"  replay rep {rep}: {data.get('nodes')} nodes, {data.get('per_node_ms', float('nan')):.2f} ms/node, step {data.get('step_seconds', float('nan')):.2f}s",
+            flush=True,
+        )
         if with_ticks:
             out["sensors"] = json.loads(ticks.read_text()) if ticks.exists() else {"ok": False}
             t = out["sensors"].get("ticks") or [{}]
-            print(f"  sensor ticks: {out['sensors'].get('sensors')} sensors, first tick {t[0].get('total_seconds', float('nan')):.2f}s", flush=True)
+            print(
+                f"  sensor ticks: {out['sensors'].get('sensors')} sensors, first tick {t[0].get('total_seconds', float('nan')):.2f}s",
+                flush=True,
+            )
         bench.done_with(run_dir)
     return out
 
@@ -613,9 +680,17 @@ def variant_table(samples: list[Sample], threads: int, order: list[str]) -> list
 
         rss = max((s.tree_peak_rss_mb or 0) for s in ss)
         lat = [s.metrics for s in ss if s.metrics.get("latency_p95_ms") is not None]
-        lat_s = f"{_fmt(statistics.median(m['latency_p50_ms'] for m in lat), 0)} / {_fmt(statistics.median(m['latency_p95_ms'] for m in lat), 0)}" if lat else "-"
+        lat_s = (
+            f"{_fmt(statistics.median(m['latency_p50_ms'] for m in lat), 0)} / {_fmt(statistics.median(m['latency_p95_ms'] for m in lat), 0)}"
+            if lat
+            else "-"
+        )
         rows = [s.metrics for s in ss if s.metrics.get("rows_per_outcome") is not None]
-        rows_s = f"{statistics.median(m['rows_per_outcome'] for m in rows):.2f} / {statistics.median(m['streamed_rows_per_outcome'] for m in rows):.2f}" if rows else "-"
+        rows_s = (
+            f"{statistics.median(m['rows_per_outcome'] for m in rows):.2f} / {statistics.median(m['streamed_rows_per_outcome'] for m in rows):.2f}"
+            if rows
+            else "-"
+        )
         name = f"{v} *(extrapolated)*" if any(s.extrapolated for s in ss) else v
         lines.append(
             f"| {name} | {d['ok']}/{d['n']} | {_fmt(d['min'])} | {_fmt(d['median'])} | {ratio(ref)} | {ratio(ddbt)} | {_fmt(rss, 0)} | {lat_s} | {rows_s} |"
@@ -624,7 +699,10 @@ def variant_table(samples: list[Sample], threads: int, order: list[str]) -> list
 
 
 def scaling_table(samples: list[Sample], threads_list: list[int], variants: list[str]) -> list[str]:
-    lines = ["| variant | " + " | ".join(f"{t} thr median s (min)" for t in threads_list) + " |", "|---|" + "---|" * len(threads_list)]
+    lines = [
+        "| variant | " + " | ".join(f"{t} thr median s (min)" for t in threads_list) + " |",
+        "|---|" + "---|" * len(threads_list),
+    ]
     for v in variants:
         cells = []
         for t in threads_list:
@@ -663,7 +741,9 @@ def load_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_chart(path: Path, title: str, samples: list[Sample], threads: int, order: list[str], scaling: list[int] | None) -> None:
+def write_chart(
+    path: Path, title: str, samples: list[Sample], threads: int, order: list[str], scaling: list[int] | None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -677,7 +757,16 @@ def write_chart(path: Path, title: str, samples: list[Sample], threads: int, ord
     if names:
         medians = [stats[v]["median"] for v in names]
         mins = [stats[v]["min"] for v in names]
-        colors = ["#444444" if v == "dbt-cli" else "#d98c1f" if "dagster-dbt" in v else "#999999" if v.startswith("per-node") else "#2a7ab0" for v in names]
+        colors = [
+            "#444444"
+            if v == "dbt-cli"
+            else "#d98c1f"
+            if "dagster-dbt" in v
+            else "#999999"
+            if v.startswith("per-node")
+            else "#2a7ab0"
+            for v in names
+        ]
         ypos = range(len(names))
         ax.barh(list(ypos), medians, color=colors)
         ax.plot(mins, list(ypos), "k|", markersize=14, label="min")
@@ -718,27 +807,69 @@ def write_chart(path: Path, title: str, samples: list[Sample], threads: int, ord
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog="Variants:\n" + "\n".join(f"  {k:24} {v}" for k, v in VARIANTS.items()))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Variants:\n" + "\n".join(f"  {k:24} {v}" for k, v in VARIANTS.items()),
+    )
     p.add_argument("--project", choices=sorted(PROJECTS), default="example")
     p.add_argument("--repeat", type=int, default=3, help="repetitions of every measurement (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=8, help="dbt threads for the variant comparison (default: %(default)s)")
-    p.add_argument("--variants", default="default", help="comma list, 'default', 'all' or 'none' (default: all but dagster-dbt-cli)")
+    p.add_argument(
+        "--threads", type=int, default=8, help="dbt threads for the variant comparison (default: %(default)s)"
+    )
+    p.add_argument(
+        "--variants",
+        default="default",
+        help="comma list, 'default', 'all' or 'none' (default: all but dagster-dbt-cli)",
+    )
     p.add_argument("--thread-scaling", action="store_true", help="also run --scaling-variants at --scaling-threads")
     p.add_argument("--scaling-threads", default="1,2,4,8")
     p.add_argument("--scaling-variants", default="dbt-cli,watcher-runner")
     p.add_argument("--scaling-repeat", type=int, default=0, help="repetitions for thread scaling (default: --repeat)")
-    p.add_argument("--per-node-sample", type=int, default=12, help="nodes timed for per-node-cli, extrapolated to all (0: all nodes)")
-    p.add_argument("--per-node-runner-sample", type=int, default=0, help="nodes timed for per-node-runner (0: all nodes)")
-    p.add_argument("--load-time", action="store_true", help="code-location load time (dagster-dbt, watcher, watcher + sensors)")
-    p.add_argument("--replay", action="store_true", help="watcher per-node producer overhead (fake dbt, real SQLite instance)")
+    p.add_argument(
+        "--per-node-sample",
+        type=int,
+        default=12,
+        help="nodes timed for per-node-cli, extrapolated to all (0: all nodes)",
+    )
+    p.add_argument(
+        "--per-node-runner-sample", type=int, default=0, help="nodes timed for per-node-runner (0: all nodes)"
+    )
+    p.add_argument(
+        "--load-time", action="store_true", help="code-location load time (dagster-dbt, watcher, watcher + sensors)"
+    )
+    p.add_argument(
+        "--replay", action="store_true", help="watcher per-node producer overhead (fake dbt, real SQLite instance)"
+    )
     p.add_argument("--replay-repeat", type=int, default=0, help="repetitions of --replay (default: --repeat)")
-    p.add_argument("--replay-patch-dagster", action="store_true", help="replay with a benchmark-only fix of dagster's O(n^3) get_output_asset_keys (see _worker.py)")
-    p.add_argument("--sensor-ticks", action="store_true", help="one tick of every consumer sensor after a (replayed) producer run")
+    p.add_argument(
+        "--replay-patch-dagster",
+        action="store_true",
+        help="replay with a benchmark-only fix of dagster's O(n^3) get_output_asset_keys (see _worker.py)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="run --replay (and its sensor ticks) and --load-time under pyinstrument (slower: for hot spots, not timings); text reports in <out-dir>/profiles/",
+    )
+    p.add_argument(
+        "--sensor-ticks", action="store_true", help="one tick of every consumer sensor after a (replayed) producer run"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny CI run: example project, 1 repetition, cheap variants")
     p.add_argument("--out-dir", type=Path, default=HERE / "out")
     p.add_argument("--work-dir", type=Path, default=None, help="scratch (default: <out-dir>/work/<project>)")
-    p.add_argument("--instance", choices=["sqlite", "postgres"], default="sqlite", help="Dagster storage for every run: SQLite in a fresh DAGSTER_HOME (default) or a fresh database on a local PostgreSQL server started for the benchmark (fsync off; needs the postgresql package, see tests/deployment.py)")
-    p.add_argument("--dagster-home-root", type=Path, default=None, help="put each run's DAGSTER_HOME (SQLite) under this dir, e.g. /dev/shm (default: the run dir, on disk)")
+    p.add_argument(
+        "--instance",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="Dagster storage for every run: SQLite in a fresh DAGSTER_HOME (default) or a fresh database on a local PostgreSQL server started for the benchmark (fsync off; needs the postgresql package, see tests/deployment.py)",
+    )
+    p.add_argument(
+        "--dagster-home-root",
+        type=Path,
+        default=None,
+        help="put each run's DAGSTER_HOME (SQLite) under this dir, e.g. /dev/shm (default: the run dir, on disk)",
+    )
     p.add_argument("--keep-runs", action="store_true", help="keep each run's dbt target and Dagster home")
     args = p.parse_args(argv)
     args.out_dir = args.out_dir.absolute()
@@ -782,8 +913,20 @@ def _main(opts: argparse.Namespace, postgres: Any) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = (opts.work_dir or out_dir / "work") / opts.project
     work.mkdir(parents=True, exist_ok=True)
-    bench = Bench(opts.project, project_dir, work, opts.threads, work / "bench.log", keep_runs=opts.keep_runs, dagster_home_root=opts.dagster_home_root, postgres=postgres)
+    bench = Bench(
+        opts.project,
+        project_dir,
+        work,
+        opts.threads,
+        work / "bench.log",
+        keep_runs=opts.keep_runs,
+        dagster_home_root=opts.dagster_home_root,
+        postgres=postgres,
+    )
     bench.patch_dagster = opts.replay_patch_dagster
+    if opts.profile:
+        bench.profile_dir = out_dir / "profiles"
+        bench.profile_dir.mkdir(parents=True, exist_ok=True)
     bench.log.unlink(missing_ok=True)
     header = [
         f"# Benchmark: {opts.project}",
@@ -803,14 +946,21 @@ def _main(opts: argparse.Namespace, postgres: Any) -> int:
     parse_seconds = parse_project(bench)
     nodes = bench.manifest["nodes"]
     counts = Counter(n["resource_type"] for n in nodes.values())
-    header.append(f"- nodes: {', '.join(f'{v} {k}s' for k, v in sorted(counts.items()))}; {len(runnable_nodes(bench.manifest))} runnable (per-node variants)")
+    header.append(
+        f"- nodes: {', '.join(f'{v} {k}s' for k, v in sorted(counts.items()))}; {len(runnable_nodes(bench.manifest))} runnable (per-node variants)"
+    )
     header.append(f"- up-front `dbt parse`: {parse_seconds:.1f}s (every run starts from its partial_parse.msgpack)")
     header.append(f"- repetitions: {opts.repeat}; threads: {opts.threads}")
     print(header[-3:], flush=True)
 
     samples: list[Sample] = []
     sections: list[str] = []
-    raw: dict[str, Any] = {"project": opts.project, "date": started.isoformat(), "machine": machine_line(), "samples": samples}
+    raw: dict[str, Any] = {
+        "project": opts.project,
+        "date": started.isoformat(),
+        "machine": machine_line(),
+        "samples": samples,
+    }
 
     def run_round(variants: list[str], threads_list: list[int], repeat: int) -> None:
         combos = [(v, t) for t in threads_list for v in variants]
@@ -821,18 +971,30 @@ def _main(opts: argparse.Namespace, postgres: Any) -> int:
                 samples.append(s)
                 lat = s.metrics.get("latency_p95_ms")
                 extra = f" latency p95 {lat:.0f} ms" if lat is not None else ""
-                print(f"  rep {rep} {variant:24} t{threads}: {s.seconds:7.2f}s {'ok' if s.ok else 'FAILED'}{extra} {s.note}", flush=True)
+                print(
+                    f"  rep {rep} {variant:24} t{threads}: {s.seconds:7.2f}s {'ok' if s.ok else 'FAILED'}{extra} {s.note}",
+                    flush=True,
+                )
 
     if opts.variant_list:
         run_round(opts.variant_list, [opts.threads], opts.repeat)
         sections += [f"## Variants ({opts.threads} threads, end-to-end wall time of fresh processes)", ""]
         sections += variant_table(samples, opts.threads, opts.variant_list)
-        sections += ["", *[f"- `{v}`: {VARIANTS[v]}" + (f" — {s.note}" if (s := next((x for x in samples if x.variant == v and x.note), None)) else "") for v in opts.variant_list]]
+        sections += [
+            "",
+            *[
+                f"- `{v}`: {VARIANTS[v]}"
+                + (f" — {s.note}" if (s := next((x for x in samples if x.variant == v and x.note), None)) else "")
+                for v in opts.variant_list
+            ],
+        ]
         per_node = [s for s in samples if s.variant.startswith("per-node") and s.metrics.get("seconds_per_node")]
         for v in ("per-node-cli", "per-node-runner"):
             ss = [s for s in per_node if s.variant == v]
             if ss:
-                sections.append(f"- `{v}`: {statistics.median(s.metrics['seconds_per_node'] for s in ss):.2f}s per node (median over repetitions), {ss[0].metrics['nodes']} nodes")
+                sections.append(
+                    f"- `{v}`: {statistics.median(s.metrics['seconds_per_node'] for s in ss):.2f}s per node (median over repetitions), {ss[0].metrics['nodes']} nodes"
+                )
         sections.append("")
     scaling: list[int] | None = None
     if opts.thread_scaling:
@@ -848,7 +1010,10 @@ def _main(opts: argparse.Namespace, postgres: Any) -> int:
         print("code-location load time:", flush=True)
         load_rows = measure_load(bench, opts.repeat)
         raw["load"] = load_rows
-        sections += ["## Code-location load time (fresh process: import + Definitions resolution + repository snapshot)", ""]
+        sections += [
+            "## Code-location load time (fresh process: import + Definitions resolution + repository snapshot)",
+            "",
+        ]
         sections += load_table(load_rows) + [""]
     if opts.replay or opts.sensor_ticks:
         print("producer replay:", flush=True)
@@ -870,16 +1035,30 @@ def _main(opts: argparse.Namespace, postgres: Any) -> int:
             ]
         sens = rep_data.get("sensors")
         if sens and sens.get("ticks"):
-            sections += ["## Consumer sensor ticks (every sensor evaluated once, then again with its cursor; real SQLite instance)", ""]
-            sections += ["| sensors | tick | total s | per sensor p50 / p95 / max ms | run requests |", "|---|---|---|---|---|"]
+            sections += [
+                "## Consumer sensor ticks (every sensor evaluated once, then again with its cursor; real SQLite instance)",
+                "",
+            ]
+            sections += [
+                "| sensors | tick | total s | per sensor p50 / p95 / max ms | run requests |",
+                "|---|---|---|---|---|",
+            ]
             for i, t in enumerate(sens["ticks"]):
-                sections.append(f"| {sens['sensors']} | {'first (no cursor)' if i == 0 else 'second (cursor)'} | {t['total_seconds']:.2f} | {t['p50_ms']:.1f} / {t['p95_ms']:.1f} / {t['max_ms']:.1f} | {t['run_requests']} |")
-            sections += ["", f"- building the {sens['sensors']} sensor definitions took {sens['build_seconds']:.2f}s", ""]
+                sections.append(
+                    f"| {sens['sensors']} | {'first (no cursor)' if i == 0 else 'second (cursor)'} | {t['total_seconds']:.2f} | {t['p50_ms']:.1f} / {t['p95_ms']:.1f} / {t['max_ms']:.1f} | {t['run_requests']} |"
+                )
+            sections += [
+                "",
+                f"- building the {sens['sensors']} sensor definitions took {sens['build_seconds']:.2f}s",
+                "",
+            ]
 
     text = "\n".join(header + [""] + sections)
     md = out_dir / f"{opts.project}.md"
     md.write_text(text + "\n")
-    (out_dir / f"{opts.project}.json").write_text(json.dumps(raw, indent=1, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
+    (out_dir / f"{opts.project}.json").write_text(
+        json.dumps(raw, indent=1, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o))
+    )
     chart = out_dir / f"{opts.project}.png"
     if samples:
         try:

@@ -3,9 +3,11 @@ dependencies, subsetting) for a producer that streams one ``dbt build`` through 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,10 @@ def dbt_watcher_assets(
 
     def decorator(fn: Callable[..., Any]) -> AssetsDefinition:
         _resolve_string_annotations(fn)
+        with paused_gc():
+            return _build(fn)
+
+    def _build(fn: Callable[..., Any]) -> AssetsDefinition:
         return dbt_assets(
             manifest=manifest,
             project=project,
@@ -93,3 +99,26 @@ def _resolve_string_annotations(fn: Callable[..., Any]) -> None:
         fn.__annotations__.update(typing.get_type_hints(fn))
     except Exception:  # noqa: BLE001 - unresolvable names: leave them, Dagster will say what is wrong
         pass
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No garbage collection while a definition is built.
+
+    Building one allocates a few hundred thousand long-lived objects at 5,000 nodes (the parsed
+    manifest; a spec, output and metadata set per node; a sensor per model). Each 25% growth of the
+    heap would trigger a full collection that scans all of them and frees next to nothing (~0.7 s at
+    5,000 nodes)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            # Move what was built straight to the oldest generation, as if it had survived the young
+            # collections, instead of having them scan it all again; nothing stays frozen. (Skipped
+            # when the host froze objects itself: unfreeze would release those too.)
+            gc.freeze()
+            gc.unfreeze()
+        if was_enabled:
+            gc.enable()

@@ -270,6 +270,13 @@ class RunnerInvocation(DbtInvocation):
                 out.flush()
             sys.stdout.flush()
             sys.stderr.flush()
+            # dbt's adapter creates multiprocessing locks here, registered with the resource tracker
+            # the parent shares; os._exit skips their cleanup, and the parent then warns of "leaked
+            # semaphore objects" when it exits. Run this process's own finalizers (multiprocessing
+            # skips those inherited from the parent: they record the pid that made them).
+            from multiprocessing import util as mp_util
+
+            mp_util._run_finalizers()  # type: ignore[attr-defined]
         finally:
             os._exit(0)  # never run the parent's cleanup (atexit, Dagster) in the child
 

@@ -40,7 +40,7 @@ def main() -> int:
     defs = module.defs
 
     instance = DagsterInstance.get()
-    job = defs.get_job_def("shop_watcher_job")
+    job = defs.resolve_job_def("shop_watcher_job")
     run_config: dict = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     if args.threads:
         run_config["resources"] = {"dbt_watcher": {"config": {"threads": args.threads}}}

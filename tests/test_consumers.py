@@ -36,6 +36,7 @@ from dagster_watcher import (
     WatcherRetryPolicy,
     build_watcher_schedule,
     build_watcher_sensors,
+    consumers,
     dbt_watcher_assets,
 )
 from dagster_watcher.retry import ATTEMPT_TAG, RETRY_OF_TAG
@@ -167,7 +168,7 @@ def execute_request(
 
 
 def test_downstream_job_is_requested_while_the_producer_still_runs(
-    shop_assets: AssetsDefinition, tmp_path: Path
+    shop_assets: AssetsDefinition, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     instance = instance_at(tmp_path)
     sensors = Sensors(build_watcher_sensors(shop_assets, downstream={"stg_customers": notify_job}), instance)
@@ -203,9 +204,40 @@ def test_downstream_job_is_requested_while_the_producer_still_runs(
     assert producer.returncode == 0
     assert schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests, "free again once it ended"
 
+    # Once the build is over, a round of every consumer shares ONE batched read of the asset records
+    # and no sensor reads its own asset's rows; a second round (nothing new) reads no records at all.
+    reads = count_reads(instance, monkeypatch)
+    time.sleep(consumers._SNAPSHOT_REFRESH_SECONDS)  # the snapshot taken during the build may refresh
+    assert sensors.tick_all() == []
+    assert reads == {"get_asset_records": 1}, reads
+    messages = [sensors.tick(name)[1] or "" for name in sorted(sensors.by_name)]
+    assert all("nothing to do" in m for m in messages), messages
+    assert reads == {"get_asset_records": 1}, reads
+
+
+def count_reads(instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the instance reads consumer sensors make (the real reads still happen)."""
+    counts: dict[str, int] = {}
+    for name in (
+        "get_asset_records",
+        "get_latest_planned_materialization_info",
+        "fetch_materializations",
+        "fetch_observations",
+        "get_run_record_by_id",
+        "get_records_for_run",
+    ):
+        real = getattr(instance, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            counts[_name] = counts.get(_name, 0) + 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(instance, name, counted)
+    return counts
+
 
 def test_flaky_model_costs_one_targeted_rerun_started_only_after_the_producer(
-    shop_assets: AssetsDefinition, tmp_path: Path, duckdb_path: Path
+    shop_assets: AssetsDefinition, tmp_path: Path, duckdb_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flaky_dir = tmp_path / "flaky"
     flaky_dir.mkdir()
@@ -227,8 +259,12 @@ def test_flaky_model_costs_one_targeted_rerun_started_only_after_the_producer(
         producer.wait(timeout=300)
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE  # type: ignore[union-attr]
 
+    reads = count_reads(instance, monkeypatch)
+    time.sleep(consumers._SNAPSHOT_REFRESH_SECONDS)
     requested = sensors.tick_all()
     assert len(requested) == 1, "several failed/skipped nodes, one batched re-materialization run"
+    # Every sensor decided from one read of the asset records, the run record and the run's outcome.
+    assert reads == {"get_asset_records": 1, "get_run_record_by_id": 1, "get_records_for_run": 1}, reads
     leader, request = requested[0]
     assert set(request.asset_selection or []) == {
         AssetKey("stg_payments"),
@@ -340,7 +376,9 @@ def test_downstream_of_an_ephemeral_model_is_a_clear_error(shop_assets: AssetsDe
         build_watcher_sensors(shop_assets, downstream={"int_order_payments": notify_job})
 
 
-def test_a_new_sensor_does_not_replay_the_materialization_history(shop_assets: AssetsDefinition, tmp_path: Path) -> None:
+def test_a_new_sensor_does_not_replay_the_materialization_history(
+    shop_assets: AssetsDefinition, tmp_path: Path
+) -> None:
     """Deploying a consumer on an instance with history acts on the newest materialization only."""
     instance = instance_at(tmp_path)
     for _ in range(3):

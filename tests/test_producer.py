@@ -4,7 +4,10 @@ Every test runs real dbt-core + dbt-duckdb against a real Dagster instance on SQ
 
 from __future__ import annotations
 
+import gc
+import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -15,8 +18,9 @@ import pytest
 from dagster import AssetCheckSeverity, AssetKey, AssetsDefinition, AssetSelection, DagsterEventType
 from dagster_dbt import DbtCliResource, DbtProject, dbt_assets
 
-from dagster_watcher import DbtWatcherResource
+from dagster_watcher import DbtWatcherResource, dbt_watcher_assets
 from dagster_watcher.invocation import RunnerInvocation
+from dagster_watcher.project import profile_fingerprint, recorded_fingerprint
 
 from .conftest import EXAMPLE, WatcherRun, run_watcher
 
@@ -80,6 +84,40 @@ def test_asset_and_check_keys_equal_dbt_assets(shop_project: DbtProject, shop_as
     assert set(shop_assets.keys) == set(plain.keys)
     assert set(shop_assets.check_keys) == set(plain.check_keys)
     assert {k: shop_assets.asset_deps[k] for k in shop_assets.keys} == {k: plain.asset_deps[k] for k in plain.keys}
+
+
+def test_defining_assets_leaves_the_garbage_collector_as_it_was(shop_project: DbtProject) -> None:
+    def body(context, dbt_watcher: DbtWatcherResource):  # type: ignore[no-untyped-def]
+        yield from dbt_watcher.build(context)
+
+    for enabled in (True, False):
+        gc.enable() if enabled else gc.disable()
+        try:
+            dbt_watcher_assets(manifest=shop_project.manifest_path, project=shop_project)(body)
+            assert gc.isenabled() is enabled
+            assert gc.get_freeze_count() == 0
+        finally:
+            gc.enable()
+
+
+def test_fingerprint_vouches_for_the_parse_it_was_recorded_for(shop_project: DbtProject, tmp_path: Path) -> None:
+    source = Path(shop_project.manifest_path)
+    manifest, sidecar = tmp_path / "manifest.json", tmp_path / "dagster_watcher_profile.json"
+    shutil.copy(source, manifest)  # a copy (new mtime) of the same parse
+    shutil.copy(source.with_name(sidecar.name), sidecar)
+    assert recorded_fingerprint(manifest) == profile_fingerprint(shop_project.profiles_dir, shop_project.target)
+
+    data = json.loads(manifest.read_text())
+    data["metadata"]["generated_at"] = "2001-01-01T00:00:00.000000Z"
+    manifest.write_text(json.dumps(data))  # another parse
+    assert recorded_fingerprint(manifest) is None
+
+    # generated_at is read from the file's head; any other layout falls back to parsing it all.
+    manifest.write_text(json.dumps({"nodes": data["nodes"], "metadata": data["metadata"]}))
+    assert recorded_fingerprint(manifest) is None
+    data["metadata"]["generated_at"] = json.loads(sidecar.read_text())["generated_at"]
+    manifest.write_text(json.dumps({"nodes": data["nodes"], "metadata": data["metadata"]}))
+    assert recorded_fingerprint(manifest) is not None
 
 
 @pytest.mark.parametrize("mode", MODES)
