@@ -112,6 +112,7 @@ def cmd_load(out: str) -> int:
     _dump(
         out,
         {
+            "loaded_at": time.time(),
             "phases": phases,
             "assets": len(bench_defs.bench_dbt_assets.keys),
             "checks": len(bench_defs.bench_dbt_assets.check_keys),
