@@ -504,7 +504,8 @@ def _retry_decision(
             return f"{name}: nothing to do for run {entry.last_run_id[:8]}."
         if entry.materialization_run_id == entry.last_run_id:
             cursor.settled = entry.last_run_id
-            return f"{name}: materialized by run {entry.last_run_id[:8]}."
+            by = f"run {entry.last_run_id[:8]}" if entry.last_run_id else "an event reported outside any run"
+            return f"{name}: materialized by {by}."
     facts = _finished_run_facts(instance, watched.key, entry, shared) if entry is not None else None
     if facts is None:
         planned = instance.get_latest_planned_materialization_info(watched.key)
