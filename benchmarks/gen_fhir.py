@@ -139,9 +139,7 @@ def load_graph(path: Path) -> FhirGraph:
         GraphTest(name=t["name"], test=t["test"], column=t.get("column"), depends_on=tuple(t["depends_on"]))
         for t in raw.get("tests", [])
     ]
-    graph = FhirGraph(
-        models=models, seeds=list(raw["seeds"]), sources=sources, tests=tests, stats=raw.get("stats", {})
-    )
+    graph = FhirGraph(models=models, seeds=list(raw["seeds"]), sources=sources, tests=tests, stats=raw.get("stats", {}))
 
     enabled = {n for n, m in models.items() if m.enabled}
     for m in models.values():
@@ -208,9 +206,7 @@ def _fhir_rows_call(util_pkg: str, n_rows: int, salt: int) -> str:
     return "{{ " + f"{util_pkg}.fhir_rows({n_rows}, {salt})" + " }}"
 
 
-RESOURCE_COLUMNS = (
-    "id, patient_id, encounter_id, practitioner_id, ref_id, code, status, amount, recorded_at, has_text"
-)
+RESOURCE_COLUMNS = "id, patient_id, encounter_id, practitioner_id, ref_id, code, status, amount, recorded_at, has_text"
 
 
 def sql_resource_view(m: GraphModel, util_pkg: str, salt: int, runtime_sources: bool) -> str:
@@ -745,9 +741,7 @@ def _seed_csv(name: str, metrics: list[str]) -> str:
         ]
         for i in range(400):
             g = groups[i % len(groups)]
-            w.writerow(
-                [g, "http://snomed.info/sct" if i % 3 else "http://loinc.org", f"C{i % 40}", f"{g} code {i}"]
-            )
+            w.writerow([g, "http://snomed.info/sct" if i % 3 else "http://loinc.org", f"C{i % 40}", f"{g} code {i}"])
     else:
         w.writerow(["id", "label"])
         for i in range(200):
@@ -776,9 +770,7 @@ def _write_source_hook(
     rows = {f"{s}.{t}": SOURCE_BASE_ROWS + SOURCE_ROW_STEP * i for (s, t), i in physical.items()}
     # Catalog-qualified so that a database named like a schema cannot make names ambiguous.
     db = '"{{ target.database }}".'
-    stmts = [
-        f"create schema if not exists {db}{physical_schema(s)};" for s in sorted({s for s, _ in physical})
-    ]
+    stmts = [f"create schema if not exists {db}{physical_schema(s)};" for s in sorted({s for s, _ in physical})]
     for (schema, table), i in physical.items():
         stmts.append(
             f"create table if not exists {db}{physical_schema(schema)}.{table} as\n"
@@ -792,9 +784,7 @@ def _write_source_hook(
         + " physical tables for "
         + str(len(sources))
         + " declared sources;\n-- DuckDB is case-insensitive, so e.g. fhir.Binary and"
-        " fhir.binary are one table).\n{% macro create_bench_sources() %}\n"
-        + "\n".join(stmts)
-        + "\n{% endmacro %}\n",
+        " fhir.binary are one table).\n{% macro create_bench_sources() %}\n" + "\n".join(stmts) + "\n{% endmacro %}\n",
     )
     return physical, rows
 
@@ -924,8 +914,7 @@ from range({{ n_rows }}) as r(i)
 
     # --- models -------------------------------------------------------------------------------
     resource_list = [
-        (r, snake(models[r].sources[0][1]) if models[r].sources else snake(r))
-        for r in sorted(resource_models)
+        (r, snake(models[r].sources[0][1]) if models[r].sources else snake(r)) for r in sorted(resource_models)
     ]
     source_schema = physical_schema(min(by_source) if by_source else "fhir")
     for idx, (name, m) in enumerate(models.items()):
@@ -1009,9 +998,7 @@ def compare_manifest_to_graph(
         problems.append(
             f"enabled models differ: extra={sorted(set(models) - want_enabled)} missing={sorted(want_enabled - set(models))}"
         )
-    disabled = {
-        d["name"] for ds in man.get("disabled", {}).values() for d in ds if d["resource_type"] == "model"
-    }
+    disabled = {d["name"] for ds in man.get("disabled", {}).values() for d in ds if d["resource_type"] == "model"}
     want_disabled = set(graph.models) - want_enabled
     if disabled != want_disabled:
         problems.append(f"disabled models differ: {sorted(disabled ^ want_disabled)}")
@@ -1030,9 +1017,7 @@ def compare_manifest_to_graph(
         parents = n["depends_on"]["nodes"]
         ref_parents = sorted(names[p] for p in parents if p in names)
         src_parents = sorted(
-            tuple(man["sources"][p][k] for k in ("source_name", "name"))
-            for p in parents
-            if p in man["sources"]
+            tuple(man["sources"][p][k] for k in ("source_name", "name")) for p in parents if p in man["sources"]
         )
         edges += len(ref_parents)
         source_edges += len(src_parents)
@@ -1071,9 +1056,7 @@ def compare_manifest_to_graph(
             "models_enabled": len(want_enabled),
             "models_disabled": len(want_disabled),
             "model_edges": sum(len(m.refs) for m in graph.models.values() if m.enabled),
-            "source_edges": 0
-            if runtime_sources
-            else sum(len(m.sources) for m in graph.models.values() if m.enabled),
+            "source_edges": 0 if runtime_sources else sum(len(m.sources) for m in graph.models.values() if m.enabled),
             "seeds": len(graph.seeds),
             "sources": len(graph.sources),
             "tests": len(graph.tests),
@@ -1085,15 +1068,9 @@ def compare_manifest_to_graph(
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--graph", type=Path, default=DEFAULT_GRAPH, help="fhir_graph.json (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output dir, wiped first (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--root-package", default="fhir_dbt_analytics", help="graph package used as the root project"
-    )
+    parser.add_argument("--graph", type=Path, default=DEFAULT_GRAPH, help="fhir_graph.json (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output dir, wiped first (default: %(default)s)")
+    parser.add_argument("--root-package", default="fhir_dbt_analytics", help="graph package used as the root project")
     parser.add_argument(
         "--runtime-sources",
         action="store_true",
@@ -1107,9 +1084,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.check_manifest:
-        report = compare_manifest_to_graph(
-            args.check_manifest, args.graph, runtime_sources=args.runtime_sources
-        )
+        report = compare_manifest_to_graph(args.check_manifest, args.graph, runtime_sources=args.runtime_sources)
         print(json.dumps(report, indent=2))
         raise SystemExit(1 if report["mismatches"] else 0)
     out = generate_fhir_project(

@@ -284,9 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1000, help="number of models (default: %(default)s)")
-    parser.add_argument(
-        "--layers", type=int, default=10, help="DAG depth in model layers (default: %(default)s)"
-    )
+    parser.add_argument("--layers", type=int, default=10, help="DAG depth in model layers (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="RNG seed (default: %(default)s)")
     parser.add_argument(
         "--test-share", type=float, default=0.2, help="share of models with a test (default: %(default)s)"
@@ -297,9 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         default=0.1,
         help="share of models that are tables (default: %(default)s)",
     )
-    parser.add_argument(
-        "--sources", type=int, default=3, help="source tables at the bottom (default: %(default)s)"
-    )
+    parser.add_argument("--sources", type=int, default=3, help="source tables at the bottom (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=2, help="seed CSVs at the bottom (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=100, help="rows per source/seed (default: %(default)s)")
     parser.add_argument(

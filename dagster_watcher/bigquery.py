@@ -150,9 +150,7 @@ class BigQueryEngineConfig:
         from google.cloud import bigquery
 
         credentials = self.credentials
-        if credentials is None and (
-            self.anonymous or (self.api_endpoint or "").startswith("http://")
-        ):
+        if credentials is None and (self.anonymous or (self.api_endpoint or "").startswith("http://")):
             from google.auth.credentials import AnonymousCredentials
 
             credentials = AnonymousCredentials()
@@ -230,8 +228,10 @@ def _partition_clause(config: Mapping[str, Any]) -> str:
         raise UnsupportedNodeError("partition_by.time_ingestion_partitioning is not supported")
     if data_type == "int64":
         rng = partition["range"]
-        return (f"partition by range_bucket({column}, generate_array("
-                f"{rng['start']}, {rng['end']}, {rng.get('interval', 1)}))")
+        return (
+            f"partition by range_bucket({column}, generate_array("
+            f"{rng['start']}, {rng['end']}, {rng.get('interval', 1)}))"
+        )
     if data_type in ("timestamp", "datetime"):
         return f"partition by {data_type}_trunc({column}, {granularity})"
     if data_type == "date" and granularity.lower() != "day":
@@ -280,9 +280,7 @@ def _unique_keys(config: Mapping[str, Any]) -> list[str]:
     return [key] if isinstance(key, str) else [str(k) for k in key]
 
 
-def _merge_sql(
-    node: Mapping[str, Any], target: str, source: str, columns: Sequence[str]
-) -> str:
+def _merge_sql(node: Mapping[str, Any], target: str, source: str, columns: Sequence[str]) -> str:
     """dbt's ``get_merge_sql`` for BigQuery, with the temp relation as source."""
     config = node.get("config") or {}
     keys = _unique_keys(config)
@@ -320,8 +318,7 @@ def _hook_statements(node: Mapping[str, Any], which: str) -> list[Statement]:
     outside = [h for h in hooks if not h.get("transaction", True)]
     inside = [h for h in hooks if h.get("transaction", True)]
     ordered = [*outside, *inside] if which == "pre" else [*inside, *outside]
-    return [Statement(f"{which}_hook", str(h["sql"]).strip()) for h in ordered
-            if str(h.get("sql") or "").strip()]
+    return [Statement(f"{which}_hook", str(h["sql"]).strip()) for h in ordered if str(h.get("sql") or "").strip()]
 
 
 def _test_sql(node: Mapping[str, Any]) -> str:
@@ -349,8 +346,9 @@ def _seed_schema(node: Mapping[str, Any], path: Path) -> tuple[tuple[str, str], 
 
     config = node.get("config") or {}
     overrides = {str(k).lower(): str(v) for k, v in (config.get("column_types") or {}).items()}
-    table = from_csv(str(path), text_columns=list(config.get("column_types") or {}),
-                     delimiter=config.get("delimiter") or ",")
+    table = from_csv(
+        str(path), text_columns=list(config.get("column_types") or {}), delimiter=config.get("delimiter") or ","
+    )
     schema = []
     for index, (name, column_type) in enumerate(zip(table.column_names, table.column_types, strict=True)):
         if name.lower() in overrides:
@@ -364,8 +362,12 @@ def _seed_schema(node: Mapping[str, Any], path: Path) -> tuple[tuple[str, str], 
                 bq_type = "FLOAT64" if precision and precision > 0 else "INT64"
             else:
                 bq_type = {
-                    "Integer": "INT64", "Boolean": "BOOL", "Date": "DATE", "DateTime": "DATETIME",
-                    "ISODateTime": "DATETIME", "TimeDelta": "TIME",
+                    "Integer": "INT64",
+                    "Boolean": "BOOL",
+                    "Date": "DATE",
+                    "DateTime": "DATETIME",
+                    "ISODateTime": "DATETIME",
+                    "TimeDelta": "TIME",
                 }.get(kind, "STRING")
         schema.append((name, bq_type))
     return tuple(schema)
@@ -411,8 +413,10 @@ def make_job_id(prefix: str, run_id: str, unique_id: str, attempt: int, index: i
 
 def console_link(project: str, location: str | None, job_id: str) -> str:
     """The BigQuery console URL of a job (as dbt-bigquery logs it)."""
-    return (f"https://console.cloud.google.com/bigquery?project={project}"
-            f"&j=bq:{location or 'US'}:{job_id}&page=queryresults")
+    return (
+        f"https://console.cloud.google.com/bigquery?project={project}"
+        f"&j=bq:{location or 'US'}:{job_id}&page=queryresults"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,9 +437,7 @@ class _Node:
     unsupported: str | None = None
 
 
-def _build_graph(
-    manifest: Mapping[str, Any], unique_ids: Iterable[str], *, build_semantics: bool
-) -> dict[str, _Node]:
+def _build_graph(manifest: Mapping[str, Any], unique_ids: Iterable[str], *, build_semantics: bool) -> dict[str, _Node]:
     """Nodes to run and their edges within the run set.
 
     Ephemeral models are not run (dbt inlined them as CTEs) but edges pass through them, so a model
@@ -550,8 +552,10 @@ def _unsupported_reason(node: Mapping[str, Any], rtype: str, materialized: str) 
     if (config.get("pre-hook") or config.get("post-hook")) and RENDERED_HOOKS_KEY not in node:
         # Hooks are stored unrendered (Jinja) in the manifest; compile_project() renders them with
         # dbt at compile time. Without that, running them would need dbt.
-        return ("pre-/post-hooks are not supported by the BigQuery async engine unless rendered at "
-                "compile time (compile with compile_project(), which renders them with dbt)")
+        return (
+            "pre-/post-hooks are not supported by the BigQuery async engine unless rendered at "
+            "compile time (compile with compile_project(), which renders them with dbt)"
+        )
     if config.get("sql_header"):
         return "sql_header is not supported by the BigQuery async engine"
     # Configs dbt-bigquery would apply after (or while) building the relation. Not generated here:
@@ -630,18 +634,23 @@ class BigQueryEngine:
         """
         self._cancel_event.set()
         with self._lock:
-            jobs = [(job_id, job.project, job.location) for job_id, job in self._inflight.items()
-                    if job_id not in self._cancelled_jobs]
+            jobs = [
+                (job_id, job.project, job.location)
+                for job_id, job in self._inflight.items()
+                if job_id not in self._cancelled_jobs
+            ]
             self._cancelled_jobs.update(job_id for job_id, _, _ in jobs)
             # A submission in progress (or interrupted mid-request): the server may have created the
             # job already. Not marked cancelled: if its insert still returns, _track cancels again.
-            jobs += [(job_id, self.config.project, self.config.location)
-                     for job_id in sorted(self._submitting) if job_id not in self._inflight]
+            jobs += [
+                (job_id, self.config.project, self.config.location)
+                for job_id in sorted(self._submitting)
+                if job_id not in self._inflight
+            ]
         cancelled = []
         for job_id, project, location in jobs:
             try:
-                self.client.cancel_job(job_id, project=project, location=location,
-                                       timeout=self.config.api_timeout)
+                self.client.cancel_job(job_id, project=project, location=location, timeout=self.config.api_timeout)
                 cancelled.append(job_id)
             except Exception as error:  # noqa: BLE001 - a job that just finished cannot be cancelled
                 logger.warning("could not cancel BigQuery job %s: %s", job_id, error)
@@ -657,8 +666,9 @@ class BigQueryEngine:
         with self._lock:
             return sorted(self._inflight)
 
-    def plan(self, manifest: Mapping[str, Any], unique_ids: Iterable[str],
-             *, build_semantics: bool = True) -> dict[str, set[str]]:
+    def plan(
+        self, manifest: Mapping[str, Any], unique_ids: Iterable[str], *, build_semantics: bool = True
+    ) -> dict[str, set[str]]:
         """The nodes :meth:`run` would run, each with its parents within the run set (for inspection)."""
         graph = _build_graph(manifest, unique_ids, build_semantics=build_semantics)
         return {uid: set(n.parents) for uid, n in graph.items()}
@@ -688,8 +698,7 @@ class BigQueryEngine:
             self._inflight.clear()
             self._cancelled_jobs.clear()
             self._submitting.clear()
-        runner = _Run(self, manifest, unique_ids, run_id, full_refresh=full_refresh,
-                      build_semantics=build_semantics)
+        runner = _Run(self, manifest, unique_ids, run_id, full_refresh=full_refresh, build_semantics=build_semantics)
         return runner.iterate()
 
     # --------------------------------------------------------------------------------- helpers
@@ -702,8 +711,9 @@ class BigQueryEngine:
                 self._cancelled_jobs.add(job.job_id)
         if cancel_now:  # cancel() ran while this job was being submitted
             try:
-                self.client.cancel_job(job.job_id, project=job.project, location=job.location,
-                                       timeout=self.config.api_timeout)
+                self.client.cancel_job(
+                    job.job_id, project=job.project, location=job.location, timeout=self.config.api_timeout
+                )
             except Exception as error:  # noqa: BLE001
                 logger.warning("could not cancel BigQuery job %s: %s", job.job_id, error)
 
@@ -723,9 +733,16 @@ class BigQueryEngine:
 class _Run:
     """State of one :meth:`BigQueryEngine.run`; the generator :meth:`iterate` is the polling loop."""
 
-    def __init__(self, engine: BigQueryEngine, manifest: Mapping[str, Any],
-                 unique_ids: Iterable[str], run_id: str, *, full_refresh: bool,
-                 build_semantics: bool) -> None:
+    def __init__(
+        self,
+        engine: BigQueryEngine,
+        manifest: Mapping[str, Any],
+        unique_ids: Iterable[str],
+        run_id: str,
+        *,
+        full_refresh: bool,
+        build_semantics: bool,
+    ) -> None:
         self.engine = engine
         self.config = engine.config
         self.run_id = run_id
@@ -787,8 +804,7 @@ class _Run:
             with self.engine._lock:
                 leftover += sorted(self.engine._submitting)
             if leftover and self.config.cancel_on_close:
-                logger.warning("result iterator closed with %d jobs in flight: cancelling them",
-                               len(leftover))
+                logger.warning("result iterator closed with %d jobs in flight: cancelling them", len(leftover))
                 self.engine.cancel()
 
     def _drain(self) -> Iterator[NodeResult]:
@@ -798,15 +814,18 @@ class _Run:
     def _create_datasets(self) -> None:
         from google.cloud import bigquery
 
-        datasets = sorted({(r.spec.node["database"], r.spec.node["schema"])
-                           for r in self.runs.values()
-                           if r.spec.resource_type in ("model", "seed") and not r.spec.unsupported})
+        datasets = sorted(
+            {
+                (r.spec.node["database"], r.spec.node["schema"])
+                for r in self.runs.values()
+                if r.spec.resource_type in ("model", "seed") and not r.spec.unsupported
+            }
+        )
         for project, dataset_id in datasets:
             dataset = bigquery.Dataset(f"{project}.{dataset_id}")
             if self.config.location:
                 dataset.location = self.config.location
-            self.engine.client.create_dataset(dataset, exists_ok=True,
-                                              timeout=self.config.api_timeout)
+            self.engine.client.create_dataset(dataset, exists_ok=True, timeout=self.config.api_timeout)
 
     # --------------------------------------------------------------------------- submission
 
@@ -902,13 +921,19 @@ class _Run:
             if columns is None:
                 raise RuntimeError(f"{relation_of(node)} vanished while re-attaching its run")
         tmp = relation_of(node, "__dbt_tmp")
-        step = (Statement("merge", _merge_sql(node, target, tmp, columns)) if strategy == "merge"
-                else Statement("insert", _insert_sql(target, tmp, columns)))
-        run.plan, run.statements = plan, [
-            Statement("create_tmp", _table_ddl(node, tmp, sql, tmp=True)),
-            step,
-            Statement("drop_tmp", f"drop table if exists {tmp}"),
-        ]
+        step = (
+            Statement("merge", _merge_sql(node, target, tmp, columns))
+            if strategy == "merge"
+            else Statement("insert", _insert_sql(target, tmp, columns))
+        )
+        run.plan, run.statements = (
+            plan,
+            [
+                Statement("create_tmp", _table_ddl(node, tmp, sql, tmp=True)),
+                step,
+                Statement("drop_tmp", f"drop table if exists {tmp}"),
+            ],
+        )
 
     def _existing_columns(self, node: Mapping[str, Any]) -> list[str] | None:
         """Columns of the incremental target (dbt merges/inserts the target's columns)."""
@@ -934,8 +959,7 @@ class _Run:
         if key not in self.relations:
             found: dict[str, str] = {}
             try:
-                for item in self.engine.client.list_tables(f"{key[0]}.{key[1]}",
-                                                           timeout=self.config.api_timeout):
+                for item in self.engine.client.list_tables(f"{key[0]}.{key[1]}", timeout=self.config.api_timeout):
                     found[item.table_id] = item.table_type or "TABLE"
             except NotFound:
                 pass
@@ -946,19 +970,25 @@ class _Run:
         root = Path(node.get("root_path") or ".")
         path = root / node["original_file_path"]
         config = node.get("config") or {}
-        return Statement("load_seed", load_path=str(path), load_destination=_table_id(node),
-                         load_schema=_seed_schema(node, path),
-                         delimiter=config.get("delimiter") or ",")
+        return Statement(
+            "load_seed",
+            load_path=str(path),
+            load_destination=_table_id(node),
+            load_schema=_seed_schema(node, path),
+            delimiter=config.get("delimiter") or ",",
+        )
 
     def _job_labels(self, run: _NodeRun) -> dict[str, str]:
         labels = {_label_value(k): _label_value(v) for k, v in self.config.labels.items()}
-        labels.update({
-            LABEL_RUN: _label_value(self.run_id),
-            LABEL_PLAN: _label_value(run.plan or ""),
-            LABEL_STEP: str(run.index),
-            LABEL_INVOCATION: self.invocation,
-            "dbt-node": _label_value(run.spec.unique_id.split(".")[-1]),
-        })
+        labels.update(
+            {
+                LABEL_RUN: _label_value(self.run_id),
+                LABEL_PLAN: _label_value(run.plan or ""),
+                LABEL_STEP: str(run.index),
+                LABEL_INVOCATION: self.invocation,
+                "dbt-node": _label_value(run.spec.unique_id.split(".")[-1]),
+            }
+        )
         return labels
 
     def _advance(self, run: _NodeRun) -> None:
@@ -976,8 +1006,7 @@ class _Run:
             if run.index >= len(run.statements):
                 self._complete(run)
                 return
-            job_id = make_job_id(self.config.job_id_prefix, self.run_id, run.spec.unique_id,
-                                 run.attempt, run.index)
+            job_id = make_job_id(self.config.job_id_prefix, self.run_id, run.spec.unique_id, run.attempt, run.index)
             # Until the job is tracked (or known to be finished), its id is "being submitted": an
             # interrupt that lands inside jobs.insert (the server may already run the job) or
             # inside the re-attach still cancels it. Only a clean outcome clears the mark.
@@ -985,9 +1014,9 @@ class _Run:
             try:
                 job = self._submit(run, run.statements[run.index], job_id)
             except Conflict:
-                job = self.engine.client.get_job(job_id, project=self.config.project,
-                                                 location=self.config.location,
-                                                 timeout=self.config.api_timeout)
+                job = self.engine.client.get_job(
+                    job_id, project=self.config.project, location=self.config.location, timeout=self.config.api_timeout
+                )
                 action = self._adopt(run, job)
                 self.engine._end_submit(job_id)
                 if action == "failed":
@@ -1029,9 +1058,13 @@ class _Run:
                 return "failed"
             # A previous invocation's failed (or cancelled) job: retry the node under the next
             # attempt, from its first statement, with a freshly chosen plan.
-            logger.info("%s: job %s failed earlier (%s); retrying as attempt %d",
-                        run.spec.unique_id, job.job_id, job.error_result.get("message"),
-                        run.attempt + 1)
+            logger.info(
+                "%s: job %s failed earlier (%s); retrying as attempt %d",
+                run.spec.unique_id,
+                job.job_id,
+                job.error_result.get("message"),
+                run.attempt + 1,
+            )
             run.attempt += 1
             run.index = 0
             run.done_jobs.clear()
@@ -1063,20 +1096,33 @@ class _Run:
             data = Path(statement.load_path or "").read_bytes()
             # Seeds are small (dbt's own advice): the upload is one request, the load runs async.
             return client.load_table_from_file(
-                io.BytesIO(data), str(statement.load_destination), job_id=job_id,
-                job_config=load_config, size=len(data), project=config.project,
-                location=config.location, timeout=config.api_timeout)
+                io.BytesIO(data),
+                str(statement.load_destination),
+                job_id=job_id,
+                job_config=load_config,
+                size=len(data),
+                project=config.project,
+                location=config.location,
+                timeout=config.api_timeout,
+            )
         query_config = bigquery.QueryJobConfig(labels=labels, use_legacy_sql=False)
         if config.dataset:
-            query_config.default_dataset = (config.dataset if "." in config.dataset
-                                            else f"{config.project}.{config.dataset}")
+            query_config.default_dataset = (
+                config.dataset if "." in config.dataset else f"{config.project}.{config.dataset}"
+            )
         if timeout_ms:
             query_config.job_timeout_ms = timeout_ms
         # job_retry=None: with our own job id, a retried query must not get a new id; a transient
         # failure of the insert call itself is retried by `retry` and ends in 409 -> re-attach.
-        return client.query(str(statement.sql), job_config=query_config, job_id=job_id,
-                            job_retry=None, project=config.project, location=config.location,
-                            timeout=config.api_timeout)
+        return client.query(
+            str(statement.sql),
+            job_config=query_config,
+            job_id=job_id,
+            job_retry=None,
+            project=config.project,
+            location=config.location,
+            timeout=config.api_timeout,
+        )
 
     def _start_polling(self, run: _NodeRun, job: Any) -> None:
         run.job = job
@@ -1112,9 +1158,12 @@ class _Run:
                 run.done_jobs.append(job)
                 run.index += 1
                 if self.engine.cancelled and run.index < len(run.statements):
-                    self._fail(run, f"run cancelled after statement {run.index} of "
-                                    f"{len(run.statements)} ({run.statements[run.index - 1].kind})",
-                               dbt_status="cancelled")
+                    self._fail(
+                        run,
+                        f"run cancelled after statement {run.index} of "
+                        f"{len(run.statements)} ({run.statements[run.index - 1].kind})",
+                        dbt_status="cancelled",
+                    )
                     continue
                 try:
                     self._advance(run)
@@ -1124,15 +1173,18 @@ class _Run:
             elif self.config.job_timeout and time.monotonic() - run.submitted_at > self.config.job_timeout:
                 progressed = True
                 try:
-                    self.engine.client.cancel_job(job.job_id, project=job.project,
-                                                  location=job.location,
-                                                  timeout=self.config.api_timeout)
+                    self.engine.client.cancel_job(
+                        job.job_id, project=job.project, location=job.location, timeout=self.config.api_timeout
+                    )
                 except Exception as error:  # noqa: BLE001
                     logger.warning("could not cancel timed-out job %s: %s", job.job_id, error)
                 self._finish_job(run)
                 run.done_jobs.append(job)
-                self._fail(run, f"BigQuery job {job.job_id} ({run.statements[run.index].kind}) "
-                                f"exceeded job_timeout={self.config.job_timeout:g}s and was cancelled")
+                self._fail(
+                    run,
+                    f"BigQuery job {job.job_id} ({run.statements[run.index].kind}) "
+                    f"exceeded job_timeout={self.config.job_timeout:g}s and was cancelled",
+                )
         return progressed
 
     def _finish_job(self, run: _NodeRun) -> None:
@@ -1145,8 +1197,7 @@ class _Run:
         reason = (job.error_result or {}).get("reason")
         message = _job_error_message(job)
         if reason == "stopped":
-            self._fail(run, f"BigQuery job {job.job_id} was cancelled: {message}",
-                       dbt_status="cancelled")
+            self._fail(run, f"BigQuery job {job.job_id} was cancelled: {message}", dbt_status="cancelled")
         else:
             self._fail(run, message)
 
@@ -1182,11 +1233,19 @@ class _Run:
         severity = str(config.get("severity") or "error").lower()
         noun = "result" if failures == 1 else "results"
         if severity == "error" and row["should_error"]:
-            return (NodeStatus.FAIL, "fail", failures,
-                    f"Got {failures} {noun}, configured to fail if {config.get('error_if') or '!= 0'}")
+            return (
+                NodeStatus.FAIL,
+                "fail",
+                failures,
+                f"Got {failures} {noun}, configured to fail if {config.get('error_if') or '!= 0'}",
+            )
         if row["should_warn"]:
-            return (NodeStatus.WARN, "warn", failures,
-                    f"Got {failures} {noun}, configured to warn if {config.get('warn_if') or '!= 0'}")
+            return (
+                NodeStatus.WARN,
+                "warn",
+                failures,
+                f"Got {failures} {noun}, configured to warn if {config.get('warn_if') or '!= 0'}",
+            )
         return NodeStatus.SUCCESS, "pass", failures, None
 
     def _fail(self, run: _NodeRun, message: str, *, dbt_status: str = "error") -> None:
@@ -1201,16 +1260,25 @@ class _Run:
                 continue
             self.skipped_because[uid] = (failed,)
             run = self.runs[uid]
-            self._emit(run, NodeStatus.SKIPPED, "skipped", skipped_because=(failed,),
-                       message=f"skipped: upstream {failed} did not succeed")
+            self._emit(
+                run,
+                NodeStatus.SKIPPED,
+                "skipped",
+                skipped_because=(failed,),
+                message=f"skipped: upstream {failed} did not succeed",
+            )
             stack.extend(self.graph[uid].children)
 
     def _fail_stuck(self) -> None:
         for uid, run in self.runs.items():
             if uid not in self.finished:
                 waiting = sorted(p for p in run.spec.parents if p not in self.finished)
-                self._emit(run, NodeStatus.ERROR, "error",
-                           message=f"internal error: node never became ready (waiting for {waiting})")
+                self._emit(
+                    run,
+                    NodeStatus.ERROR,
+                    "error",
+                    message=f"internal error: node never became ready (waiting for {waiting})",
+                )
 
     def _give_up_after_grace(self) -> bool:
         """Cancellation is best effort: do not wait forever for jobs that ignore it."""
@@ -1224,8 +1292,12 @@ class _Run:
             job = run.job
             self._finish_job(run)
             run.done_jobs.append(job)
-            self._fail(run, f"run cancelled; BigQuery job {job.job_id} still reported {job.state} "
-                            f"after {self.config.cancel_grace:g}s", dbt_status="cancelled")
+            self._fail(
+                run,
+                f"run cancelled; BigQuery job {job.job_id} still reported {job.state} "
+                f"after {self.config.cancel_grace:g}s",
+                dbt_status="cancelled",
+            )
         return True
 
     def _drop_unsubmitted(self) -> bool:
@@ -1239,9 +1311,16 @@ class _Run:
         self.ready.clear()
         return progressed
 
-    def _emit(self, run: _NodeRun, status: NodeStatus, dbt_status: str, *,
-              message: str | None = None, failures: int | None = None,
-              skipped_because: tuple[str, ...] = ()) -> None:
+    def _emit(
+        self,
+        run: _NodeRun,
+        status: NodeStatus,
+        dbt_status: str,
+        *,
+        message: str | None = None,
+        failures: int | None = None,
+        skipped_because: tuple[str, ...] = (),
+    ) -> None:
         if run.spec.unique_id in self.finished:
             return
         self.finished.add(run.spec.unique_id)
@@ -1249,23 +1328,25 @@ class _Run:
         jobs = run.done_jobs
         started = min((j.started for j in jobs if j.started), default=None)
         ended = max((j.ended for j in jobs if j.ended), default=None)
-        self.results.append(NodeResult(
-            unique_id=run.spec.unique_id,
-            resource_type=run.spec.resource_type,
-            status=status,
-            dbt_status=dbt_status,
-            message=message,
-            execution_time=(ended - started).total_seconds() if started and ended else None,
-            adapter_response=self._adapter_response(run) if jobs else {},
-            failures=failures,
-            compiled_code=node.get("compiled_code"),
-            relation_name=node.get("relation_name") if run.spec.resource_type != "test" else None,
-            started_at=started,
-            completed_at=ended,
-            thread="bigquery-async",
-            invocation_id=self.run_id,
-            skipped_because=skipped_because,
-        ))
+        self.results.append(
+            NodeResult(
+                unique_id=run.spec.unique_id,
+                resource_type=run.spec.resource_type,
+                status=status,
+                dbt_status=dbt_status,
+                message=message,
+                execution_time=(ended - started).total_seconds() if started and ended else None,
+                adapter_response=self._adapter_response(run) if jobs else {},
+                failures=failures,
+                compiled_code=node.get("compiled_code"),
+                relation_name=node.get("relation_name") if run.spec.resource_type != "test" else None,
+                started_at=started,
+                completed_at=ended,
+                thread="bigquery-async",
+                invocation_id=self.run_id,
+                skipped_because=skipped_because,
+            )
+        )
 
     def _adapter_response(self, run: _NodeRun) -> dict[str, Any]:
         jobs = run.done_jobs
@@ -1481,8 +1562,9 @@ def compile_project(
         os.close(handle)
         cmd = [sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(args), hooks_file, "1" if fail_fast else "0"]
     try:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
-                              env={**os.environ, **(env or {})}, cwd=str(project_dir))
+        proc = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=str(project_dir)
+        )
         rendered: dict[str, Any] = {}
         if hooks_file is not None:
             with contextlib.suppress(OSError, ValueError), open(hooks_file) as hooks_handle:
@@ -1496,8 +1578,7 @@ def compile_project(
     # Exit code 1 is "some node failed"; 2 is dbt itself failing (profile, project, connection).
     tolerated = proc.returncode == 1 and not fail_fast and not dbt_executable and bool(node_errors)
     if proc.returncode != 0 and not tolerated:
-        raise RuntimeError(f"dbt compile failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                           f"{proc.stderr[-4000:]}")
+        raise RuntimeError(f"dbt compile failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     with open(manifest_dir / "manifest.json") as manifest_handle:
         manifest: dict[str, Any] = json.load(manifest_handle)
     nodes = manifest.get("nodes") or {}

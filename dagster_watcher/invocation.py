@@ -286,7 +286,9 @@ class RunnerInvocation(DbtInvocation):
             return InvocationExit(ok=False, completed=False, error=f"the dbt process died ({how})")
         if final.get("callback_error"):
             return InvocationExit(
-                ok=False, completed=False, error=f"dagster-watcher's dbt event callback failed: {final['callback_error']}"
+                ok=False,
+                completed=False,
+                error=f"dagster-watcher's dbt event callback failed: {final['callback_error']}",
             )
         if self._cancelled:
             return InvocationExit(ok=False, completed=False, error="dbt was stopped (run terminated)")
