@@ -34,7 +34,7 @@ from .dagster_events import DagsterNodeEvent
 from .events import NodeResult
 from .invocation import InvocationExit
 from .producer import BuildPlan, start_step, stream_build
-from .project import checked_project_dir, project_kwargs
+from .project import checked_project_dir, profiles_dir_for, project_kwargs
 from .retry import RETRY_OF_TAG
 
 if TYPE_CHECKING:
@@ -295,11 +295,6 @@ class BigQueryWatcherResource(ConfigurableResource):
             create_datasets=self.create_datasets,
         )
 
-    def _profiles_dir(self) -> str | None:
-        if self.profiles_dir is None and (Path(self.project_dir) / "profiles.yml").is_file():
-            return self.project_dir
-        return self.profiles_dir
-
     def resolved_target_path(self) -> Path:
         return Path(self.target_path or Path(self.project_dir) / "target" / "dagster_watcher_bigquery").absolute()
 
@@ -320,7 +315,7 @@ class BigQueryWatcherResource(ConfigurableResource):
         refresh = self.full_refresh if full_refresh is None else full_refresh
         identity = {
             "project_dir": self.project_dir,
-            "profiles_dir": self._profiles_dir(),
+            "profiles_dir": profiles_dir_for(self.project_dir, self.profiles_dir),
             "target": self.target,
             "vars": merged_vars,
             "full_refresh": refresh,
@@ -347,7 +342,7 @@ class BigQueryWatcherResource(ConfigurableResource):
         began = time.monotonic()
         manifest = compile_project(
             self.project_dir,
-            profiles_dir=self._profiles_dir(),
+            profiles_dir=profiles_dir_for(self.project_dir, self.profiles_dir),
             target=self.target,
             target_path=out,
             vars=merged_vars or None,
@@ -413,7 +408,6 @@ class BigQueryWatcherResource(ConfigurableResource):
             plan,
             BigQueryResultSource(engine, manifest, unique_ids, key, full_refresh=refresh),
             progress=self.progress,
-            retry_policy=plan.retry_policy,
         )
 
     @staticmethod

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dagster import AssetExecutionContext, Failure, MetadataValue
+from dagster_dbt import DbtProject
 from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 from dagster_dbt.dagster_dbt_translator import DagsterDbtTranslator
 
@@ -45,6 +46,8 @@ class BuildPlan:
     """The policy the definition was made with (decides whether a failure may be retried in-step)."""
     already_done: frozenset[str] = frozenset()
     """Nodes that succeeded in an earlier attempt of this step (retries run only the rest)."""
+    project: DbtProject | None = None
+    """The dagster-dbt project the definition was made with (None for a bare manifest)."""
 
     @property
     def expected(self) -> frozenset[str]:
@@ -63,7 +66,7 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
     """Work out this step's dbt selection from the Dagster selection (a subset in the UI, a job's asset
     selection, or a retry's remaining nodes)."""
     assets_def = context.assets_def
-    manifest, translator, _ = get_manifest_and_translator_from_dbt_assets([assets_def])
+    manifest, translator, project = get_manifest_and_translator_from_dbt_assets([assets_def])
     selected_keys = context.selected_asset_keys
     selected_checks = context.selected_asset_check_keys
     nodes = manifest.get("nodes") or {}
@@ -88,6 +91,7 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
         targets=targets,
         already_done=already_done,
         retry_policy=policy_from_tags(context.op_execution_context.op.tags),
+        project=project,
     )
     is_full = (
         not already_done
@@ -235,7 +239,6 @@ def stream_build(
     source: NodeResultSource,
     *,
     progress: bool = True,
-    retry_policy: WatcherRetryPolicy | None = None,
 ) -> Iterator[DagsterNodeEvent]:
     """Run ``source`` and yield one Dagster event per node outcome as it is reported.
 
@@ -284,26 +287,17 @@ def stream_build(
     summary = _summary(plan, results, time.monotonic() - started)
     if progress:
         print(summary, flush=True)
+    metadata = {"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)}
     if exit_ is not None and not exit_.completed:
-        raise Failure(
-            description=f"dbt did not complete ({source.mode} mode): {exit_.error}",
-            metadata={
-                "failed_nodes": MetadataValue.json(_failure_table(plan, failed)),
-                "summary": MetadataValue.md(summary),
-            },
-        )
+        raise Failure(description=f"dbt did not complete ({source.mode} mode): {exit_.error}", metadata=metadata)
     if failed:
         first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r)}" for r in failed[:5])
         more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
-        policy = retry_policy or plan.retry_policy
-        retryable = any(r.status is not NodeStatus.ERROR or policy.is_retryable(r.message) for r in failed)
+        retryable = any(r.status is not NodeStatus.ERROR or plan.retry_policy.is_retryable(r.message) for r in failed)
         raise Failure(
             allow_retries=retryable,
             description=f"{len(failed)} dbt node(s) did not succeed: {first}{more}",
-            metadata={
-                "failed_nodes": MetadataValue.json(_failure_table(plan, failed)),
-                "summary": MetadataValue.md(summary),
-            },
+            metadata=metadata,
         )
 
 

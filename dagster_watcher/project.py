@@ -136,6 +136,14 @@ def project_kwargs(project_dir: str | os.PathLike[str] | DbtProject, kwargs: dic
     return {"project_dir": os.fspath(project_dir), **kwargs}
 
 
+def profiles_dir_for(project_dir: str, profiles_dir: str | None) -> str | None:
+    """The profiles dir dbt should get: the one configured, else the project's own when it holds a
+    profiles.yml, else None (dbt then looks in ~/.dbt)."""
+    if profiles_dir is None and (Path(project_dir) / "profiles.yml").is_file():
+        return project_dir
+    return profiles_dir
+
+
 def checked_project_dir(value: str, resource: str) -> str:
     """The absolute project dir, or a ValueError that says what to set."""
     path = Path(value).absolute()

@@ -12,13 +12,18 @@ from typing import Any, Literal
 
 from dagster import AssetExecutionContext, ConfigurableResource
 from dagster_dbt import DbtProject
-from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 from pydantic import Field, field_validator
 
 from .dagster_events import DagsterNodeEvent
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
 from .producer import DbtResultSource, start_step, stream_build
-from .project import checked_project_dir, profile_fingerprint, project_kwargs, recorded_fingerprint
+from .project import (
+    checked_project_dir,
+    profile_fingerprint,
+    profiles_dir_for,
+    project_kwargs,
+    recorded_fingerprint,
+)
 
 InvocationMode = Literal["auto", "runner", "subprocess"]
 
@@ -100,21 +105,15 @@ class DbtWatcherResource(ConfigurableResource):
             return "runner" if dbt_is_importable() else "subprocess"
         return self.invocation_mode
 
-    def _manifest_matches_profile(self, context: AssetExecutionContext) -> bool:
-        _, _, project = get_manifest_and_translator_from_dbt_assets([context.assets_def])
+    def _manifest_matches_profile(self, project: DbtProject | None) -> bool:
         if project is None:
             return True  # a manifest given without a DbtProject: nothing to compare, trust it
         recorded = recorded_fingerprint(Path(project.manifest_path))
         if recorded is None:
             return True
         return recorded == profile_fingerprint(
-            self._profiles_dir() or Path.home() / ".dbt", self.target or project.target
+            profiles_dir_for(self.project_dir, self.profiles_dir) or Path.home() / ".dbt", self.target or project.target
         )
-
-    def _profiles_dir(self) -> str | None:
-        if self.profiles_dir is None and (Path(self.project_dir) / "profiles.yml").is_file():
-            return self.project_dir
-        return self.profiles_dir
 
     def resolved_target_path(self) -> Path:
         return Path(self.target_path or Path(self.project_dir) / "target" / "dagster_watcher").absolute()
@@ -124,7 +123,7 @@ class DbtWatcherResource(ConfigurableResource):
     ) -> list[str]:
         """The `dbt build` arguments for a selection (without the executable)."""
         args = ["build", "--project-dir", self.project_dir, "--target-path", os.fspath(self.resolved_target_path())]
-        profiles_dir = self._profiles_dir()
+        profiles_dir = profiles_dir_for(self.project_dir, self.profiles_dir)
         if profiles_dir:
             args += ["--profiles-dir", profiles_dir]
         if self.target:
@@ -176,7 +175,7 @@ class DbtWatcherResource(ConfigurableResource):
             return
         args = self.build_args(plan.selection_args, extra_args, dbt_vars)
         manifest: Mapping[str, Any] | None = plan.manifest
-        if self.resolved_mode() == "runner" and not self._manifest_matches_profile(context):
+        if self.resolved_mode() == "runner" and not self._manifest_matches_profile(plan.project):
             # The definitions' manifest was parsed against another profile/target/environment: its
             # relation names may point at another database. Let dbt parse for this build instead.
             context.log.warning(
@@ -192,5 +191,4 @@ class DbtWatcherResource(ConfigurableResource):
             plan,
             DbtResultSource(invocation, plan.manifest, self.resolved_target_path()),
             progress=self.progress,
-            retry_policy=plan.retry_policy,
         )

@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -353,6 +354,23 @@ def start(
         with contextlib.suppress(OSError):
             log_path.unlink()
     raise ServerSetupError(f"local-bigquery did not become ready; last log:\n{last_error}")
+
+
+def jobs_with_prefix(client: Any, key: str) -> list[Any]:
+    """Every job on the server whose id was derived from run key ``key`` (ids are ``dw_<key>_...``)."""
+    prefix = f"dw_{key}_"
+    return [j for j in client.list_jobs(all_users=True, max_results=100000) if j.job_id.startswith(prefix)]
+
+
+def node_jobs(jobs: list[Any], unique_id: str) -> list[Any]:
+    """Jobs of one node: ids end ``_<sanitised unique_id>_<hash>_a<attempt>_s<statement>``."""
+    pattern = re.compile("_" + re.escape(unique_id.replace(".", "_")) + r"_[0-9a-f]{10}_a\d+_s\d+$")
+    return [j for j in jobs if pattern.search(j.job_id)]
+
+
+def rows(client: Any, sql: str) -> list[tuple[Any, ...]]:
+    """A query's rows as tuples."""
+    return [tuple(r.values()) for r in client.query(sql, job_retry=None).result()]
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from dagster_dbt import DbtProject
 
 from dagster_watcher import DbtWatcherResource, dbt_watcher_assets
 from dagster_watcher.project import prepare_manifest
+
+from . import bigquery_server
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "example_project"
@@ -177,3 +179,16 @@ def copy_project(tmp_path: Path) -> Path:
     dest = tmp_path / "project"
     shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb", "*.py"))
     return dest
+
+
+@pytest.fixture(scope="session")
+def bq_server() -> Iterator[bigquery_server.BigQueryServer]:
+    """One local-bigquery server for every BigQuery test of the session (installed on first use)."""
+    with bigquery_server.running_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def bq_client(bq_server: bigquery_server.BigQueryServer) -> Any:
+    """The official google-cloud-bigquery client, pointed at that server."""
+    return bq_server.client()

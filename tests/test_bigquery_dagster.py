@@ -23,7 +23,6 @@ import csv
 import importlib.util
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -61,10 +60,8 @@ from dagster_watcher.dagster_events import WATCHER_ERROR_KEY, WATCHER_SKIPPED_BE
 from dagster_watcher.project import prepare_manifest
 from dagster_watcher.retry import RETRY_OF_TAG
 
-try:
-    from tests import bigquery_server
-except ImportError:  # pragma: no cover - tests/ without __init__.py: pytest puts it on sys.path
-    import bigquery_server  # type: ignore[no-redef]
+from . import bigquery_server
+from .bigquery_server import jobs_with_prefix, node_jobs, rows
 
 pytestmark = pytest.mark.bigquery
 
@@ -75,17 +72,6 @@ PARSE_DATASET = "t_parse"  # the dataset in the definitions' parse env; runs use
 
 
 # --------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def bq_server() -> Iterator[bigquery_server.BigQueryServer]:
-    with bigquery_server.running_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def bq_client(bq_server: bigquery_server.BigQueryServer) -> Any:
-    return bq_server.client()
 
 
 @pytest.fixture(scope="module")
@@ -189,22 +175,6 @@ def check_results(instance: DagsterInstance, run_id: str) -> dict[AssetCheckKey,
         r.dagster_event.event_specific_data.asset_check_key: r.dagster_event.event_specific_data  # type: ignore[union-attr]
         for r in records(instance, run_id, DagsterEventType.ASSET_CHECK_EVALUATION)
     }
-
-
-def jobs_with_prefix(client: Any, key: str) -> list[Any]:
-    """Every job on the server whose id was derived from run key ``key`` (ids are ``dw_<key>_...``)."""
-    prefix = f"dw_{key}_"
-    return [j for j in client.list_jobs(all_users=True, max_results=100000) if j.job_id.startswith(prefix)]
-
-
-def node_jobs(jobs: list[Any], unique_id: str) -> list[Any]:
-    """Jobs of one node: ids end ``_<sanitised unique_id>_<hash>_a<attempt>_s<statement>``."""
-    pattern = re.compile("_" + re.escape(unique_id.replace(".", "_")) + r"_[0-9a-f]{10}_a\d+_s\d+$")
-    return [j for j in jobs if pattern.search(j.job_id)]
-
-
-def rows(client: Any, sql: str) -> list[tuple[Any, ...]]:
-    return [tuple(r.values()) for r in client.query(sql, job_retry=None).result()]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:

@@ -11,11 +11,10 @@ nothing asserts on a duration.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,8 @@ from dagster_watcher.bigquery import (
 )
 from dagster_watcher.events import NodeResult, NodeStatus
 
-try:
-    from tests import bigquery_server
-except ImportError:  # pragma: no cover - tests/ without __init__.py: pytest puts it on sys.path
-    import bigquery_server  # type: ignore[no-redef]
+from . import bigquery_server
+from .bigquery_server import jobs_with_prefix, node_jobs, rows
 
 pytestmark = pytest.mark.bigquery
 
@@ -45,17 +42,6 @@ def uid(kind: str, name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def bq_server() -> Iterator[bigquery_server.BigQueryServer]:
-    with bigquery_server.running_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def bq_client(bq_server: bigquery_server.BigQueryServer) -> Any:
-    return bq_server.client()
 
 
 @pytest.fixture(scope="session")
@@ -91,22 +77,6 @@ def by_id(results: list[NodeResult]) -> dict[str, NodeResult]:
     ids = [r.unique_id for r in results]
     assert len(ids) == len(set(ids)), f"a node was reported twice: {ids}"
     return {r.unique_id: r for r in results}
-
-
-def jobs_of_run(client: Any, run_id: str) -> list[Any]:
-    """Every job the server holds whose id belongs to ``run_id`` (our ids are ``dw_<run>_...``)."""
-    prefix = f"dw_{run_id}_"
-    return [j for j in client.list_jobs(all_users=True, max_results=100000) if j.job_id.startswith(prefix)]
-
-
-def job_count(jobs: list[Any], unique_id: str) -> int:
-    """Jobs of one node: ids end ``_<sanitised unique_id>_<hash>_a<attempt>_s<statement>``."""
-    pattern = re.compile("_" + re.escape(unique_id.replace(".", "_")) + r"_[0-9a-f]{10}_a\d+_s\d+$")
-    return sum(1 for j in jobs if pattern.search(j.job_id))
-
-
-def rows(client: Any, sql: str) -> list[tuple]:
-    return [tuple(r.values()) for r in client.query(sql, job_retry=None).result()]
 
 
 def selection(manifest: dict[str, Any], folder: str, *, with_seeds_and_tests: bool = False) -> list[str]:
@@ -262,9 +232,9 @@ def test_builds_project_then_merges_and_appends_incrementally(
 
     # The first run id again: every job re-attaches (incremental models keep the plan their first
     # attempt chose, "create", although the tables exist now); the server gets no new job.
-    before = len(jobs_of_run(bq_client, run_1))
+    before = len(jobs_with_prefix(bq_client, run_1))
     again = by_id(list(engine.run(manifest_2, selected, run_id=run_1)))
-    assert len(jobs_of_run(bq_client, run_1)) == before
+    assert len(jobs_with_prefix(bq_client, run_1)) == before
     assert {u: r.status for u, r in again.items()} == statuses
     assert all(r.adapter_response["reattached"] for r in again.values())
     assert again[uid("model", "customers_merge")].adapter_response["plan"] == "create"
@@ -319,11 +289,11 @@ def test_failure_carries_bigquery_error_and_skips_descendants(
         assert skipped.skipped_because == (uid("model", "bad_model"),)
     assert results[uid("model", "independent")].status is NodeStatus.SUCCESS
 
-    jobs = jobs_of_run(bq_client, run_id)
-    assert job_count(jobs, uid("model", "bad_model")) == 1
-    assert job_count(jobs, uid("model", "bad_child")) == 0
-    assert job_count(jobs, uid("model", "bad_grandchild")) == 0
-    assert job_count(jobs, uid("model", "independent")) == 1
+    jobs = jobs_with_prefix(bq_client, run_id)
+    assert len(node_jobs(jobs, uid("model", "bad_model"))) == 1
+    assert len(node_jobs(jobs, uid("model", "bad_child"))) == 0
+    assert len(node_jobs(jobs, uid("model", "bad_grandchild"))) == 0
+    assert len(node_jobs(jobs, uid("model", "independent"))) == 1
 
 
 def test_rerun_with_same_run_id_reattaches_and_retries_only_what_failed(
@@ -347,17 +317,17 @@ def test_rerun_with_same_run_id_reattaches_and_retries_only_what_failed(
     assert all(r.status is NodeStatus.SUCCESS for r in second.values()), second
     assert second[independent].adapter_response["reattached"] is True
     assert second[flaky].adapter_response["attempt"] == 1
-    jobs = jobs_of_run(bq_client, run_id)
+    jobs = jobs_with_prefix(bq_client, run_id)
     # The succeeded model was not submitted again; the failed one got one new attempt.
-    assert job_count(jobs, independent) == 1
-    assert job_count(jobs, flaky) == 2
-    assert job_count(jobs, child) == 1
+    assert len(node_jobs(jobs, independent)) == 1
+    assert len(node_jobs(jobs, flaky)) == 2
+    assert len(node_jobs(jobs, child)) == 1
     assert rows(bq_client, "select fixed from `test-proj.t_fail.flaky_child`") == [(1,)]
 
     # A third time: everything is done for this run id, nothing is submitted.
     third = by_id(list(engine.run(fixed, selected, run_id=run_id)))
     assert all(r.status is NodeStatus.SUCCESS and r.adapter_response["reattached"] for r in third.values())
-    assert len(jobs_of_run(bq_client, run_id)) == len(jobs)
+    assert len(jobs_with_prefix(bq_client, run_id)) == len(jobs)
 
 
 # ------------------------------------------------------------------------------ cancel, timeout
@@ -410,8 +380,8 @@ def test_cancel_stops_in_flight_jobs_and_submits_nothing_more(
     never = [r for r in results if r not in ran]
     assert [r.status for r in never] == [NodeStatus.LOST]
     # The third model never reached the server.
-    assert job_count(jobs_of_run(bq_client, run_id), never[0].unique_id) == 0
-    assert len(jobs_of_run(bq_client, run_id)) == 2
+    assert len(node_jobs(jobs_with_prefix(bq_client, run_id), never[0].unique_id)) == 0
+    assert len(jobs_with_prefix(bq_client, run_id)) == 2
 
 
 def test_job_timeout_cancels_the_job_and_fails_the_node(
@@ -529,7 +499,7 @@ def test_failing_test_skips_models_downstream_like_dbt_build(
     assert results[test_id].status is NodeStatus.FAIL and results[test_id].failures == 1
     after = results[uid("model", "after")]
     assert after.status is NodeStatus.SKIPPED and after.skipped_because == (test_id,)
-    assert job_count(jobs_of_run(bq_client, run_id), uid("model", "after")) == 0
+    assert len(node_jobs(jobs_with_prefix(bq_client, run_id), uid("model", "after"))) == 0
 
 
 SLOW_SQL = (
@@ -561,7 +531,7 @@ def test_new_process_reattaches_to_a_job_still_running(
     assert second[slow].status is NodeStatus.SUCCESS
     assert second[slow].adapter_response["job_id"] == slow_job_id
     assert second[fast].adapter_response["reattached"] and second[slow].adapter_response["reattached"]
-    assert len(jobs_of_run(bq_client, run_id)) == 2  # nothing was submitted twice
+    assert len(jobs_with_prefix(bq_client, run_id)) == 2  # nothing was submitted twice
 
 
 def test_unsupported_nodes_fail_loudly_and_skip_their_children(
@@ -577,4 +547,4 @@ def test_unsupported_nodes_fail_loudly_and_skip_their_children(
     results = by_id(list(engine_for(bq_server).run({"nodes": nodes}, list(nodes), run_id=run_id)))
     assert results[hooked].status is NodeStatus.ERROR and "hooks" in (results[hooked].message or "")
     assert results[child].status is NodeStatus.SKIPPED and results[child].skipped_because == (hooked,)
-    assert jobs_of_run(bq_client, run_id) == []
+    assert jobs_with_prefix(bq_client, run_id) == []
