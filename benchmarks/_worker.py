@@ -63,7 +63,7 @@ def cmd_per_node_runner(nodes_file: str, out: str) -> int:
     t_imports = time.perf_counter()
     from dbt.cli.main import dbtRunner
 
-    from dagster_watcher.invocation import dbt_manifest_from_json
+    from dagster_watcher._compat import dbt_manifest_from_json
 
     spec = json.loads(Path(nodes_file).read_text())
     manifest_json = json.loads(Path(spec["manifest"]).read_text())
@@ -160,7 +160,8 @@ class _FakeInvocation:
         self.t_first = self.t_end = None
 
     def stream(self):
-        from dagster_watcher.invocation import InvocationExit, RawDbtEvent
+        from dagster_watcher.dbt_normalizer import RawDbtEvent
+        from dagster_watcher.invocation import InvocationExit
 
         nodes = self.manifest["nodes"]
         order = [u for u in _topological(self.manifest) if u in self.expected]

@@ -3,34 +3,17 @@ dependencies, subsetting) for a producer that streams one ``dbt build`` through 
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import json
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from dagster import AssetsDefinition, BackfillPolicy, PartitionsDefinition, RetryPolicy
 from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
 
+from . import contract
+from ._gc import paused_gc
 from .retry import WatcherRetryPolicy
-
-#: Op tag that marks a dagster-watcher producer (consumer sensors and retries look for it).
-WATCHER_PRODUCER_TAG = "dagster_watcher/producer"
-#: Op tag carrying the WatcherRetryPolicy's non-retryable patterns (JSON), read by the producer.
-NON_RETRYABLE_TAG = "dagster_watcher/non_retryable"
-#: Run tags the producer writes once per step: where its process lives (consumers check liveness).
-PID_TAG = "dagster_watcher/pid"
-HOST_TAG = "dagster_watcher/host"
-
-
-def policy_from_tags(tags: Mapping[str, Any]) -> WatcherRetryPolicy:
-    """The retry policy the producer op was defined with (default policy when none was given)."""
-    raw = tags.get(NON_RETRYABLE_TAG)
-    if raw:
-        return WatcherRetryPolicy(non_retryable=tuple(json.loads(raw)))
-    return WatcherRetryPolicy()
 
 
 def dbt_watcher_assets(
@@ -59,11 +42,11 @@ def dbt_watcher_assets(
         def my_dbt(context: AssetExecutionContext, dbt_watcher: DbtWatcherResource):
             yield from dbt_watcher.build(context)
     """
-    tags: dict[str, Any] = {WATCHER_PRODUCER_TAG: "true", **(op_tags or {})}
+    tags: dict[str, Any] = {contract.PRODUCER_TAG: "true", **(op_tags or {})}
     if isinstance(retry_policy, WatcherRetryPolicy):
         # In-step retries: Dagster re-runs the op, and the producer then builds only what has not
         # succeeded in this run. Errors the policy calls non-retryable fail the step for good.
-        tags[NON_RETRYABLE_TAG] = json.dumps(list(retry_policy.non_retryable))
+        tags[contract.NON_RETRYABLE_TAG] = contract.encode_non_retryable(retry_policy.non_retryable)
         retry_policy = retry_policy.to_dagster()
 
     def decorator(fn: Callable[..., Any]) -> AssetsDefinition:
@@ -99,26 +82,3 @@ def _resolve_string_annotations(fn: Callable[..., Any]) -> None:
         fn.__annotations__.update(typing.get_type_hints(fn))
     except Exception:  # noqa: BLE001 - unresolvable names: leave them, Dagster will say what is wrong
         pass
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """No garbage collection while a definition is built.
-
-    Building one allocates a few hundred thousand long-lived objects at 5,000 nodes (the parsed
-    manifest; a spec, output and metadata set per node; a sensor per model). Each 25% growth of the
-    heap would trigger a full collection that scans all of them and frees next to nothing (~0.7 s at
-    5,000 nodes)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if gc.get_freeze_count() == 0:
-            # Move what was built straight to the oldest generation, as if it had survived the young
-            # collections, instead of having them scan it all again; nothing stays frozen. (Skipped
-            # when the host froze objects itself: unfreeze would release those too.)
-            gc.freeze()
-            gc.unfreeze()
-        if was_enabled:
-            gc.enable()

@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster_watcher.events import NodeResult, NodeStatus
+from dagster_watcher import contract
+from dagster_watcher.errors import BigQueryCompileError, UnsupportedNodeError
+from dagster_watcher.status import NodeResult, NodeStatus
 
 if TYPE_CHECKING:  # imported lazily at run time: google-cloud-bigquery is an optional dependency
     from google.auth.credentials import Credentials
@@ -75,10 +77,10 @@ _LABEL_BAD = re.compile(r"[^a-z0-9_-]+")
 # sequence a previous attempt chose (an incremental model's first run creates the table, later runs
 # merge: the same job id must keep meaning the same statement). ``dw-invocation`` tells our own jobs
 # from a previous invocation's when a submit answers 409.
-LABEL_PLAN = "dw-plan"
-LABEL_STEP = "dw-step"
-LABEL_INVOCATION = "dw-invocation"
-LABEL_RUN = "dw-run"
+LABEL_PLAN = contract.LABEL_PLAN
+LABEL_STEP = contract.LABEL_STEP
+LABEL_INVOCATION = contract.LABEL_INVOCATION
+LABEL_RUN = contract.LABEL_RUN
 
 _TERMINAL_RESOURCE_TYPES = ("model", "seed", "test")
 
@@ -91,10 +93,6 @@ COMPILE_ERROR_KEY = "dagster_watcher_compile_error"
 
 #: Statement kinds that do a node's actual work (the others are hooks and temp-table housekeeping).
 _MAIN_KINDS = ("create_view", "create_table", "merge", "insert", "load_seed", "test")
-
-
-class UnsupportedNodeError(ValueError):
-    """A node needs something this engine does not generate (hooks, snapshots, custom materializations)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1578,7 +1576,9 @@ def compile_project(
     # Exit code 1 is "some node failed"; 2 is dbt itself failing (profile, project, connection).
     tolerated = proc.returncode == 1 and not fail_fast and not dbt_executable and bool(node_errors)
     if proc.returncode != 0 and not tolerated:
-        raise RuntimeError(f"dbt compile failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise BigQueryCompileError(
+            f"dbt compile failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     with open(manifest_dir / "manifest.json") as manifest_handle:
         manifest: dict[str, Any] = json.load(manifest_handle)
     nodes = manifest.get("nodes") or {}

@@ -30,12 +30,14 @@ from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
 from .bigquery import COMPILED_IDS_KEY, BigQueryEngine, BigQueryEngineConfig, compile_project
-from .dagster_events import DagsterNodeEvent
-from .events import NodeResult
+from .contract import RETRY_OF_TAG
+from .dagster_mapping import DagsterNodeEvent
+from .errors import WatcherConfigError
 from .invocation import InvocationExit
-from .producer import BuildPlan, start_step, stream_build
+from .planning import BuildPlan
+from .producer import start_step, stream_build
 from .project import checked_project_dir, profiles_dir_for, project_kwargs
-from .retry import RETRY_OF_TAG
+from .status import NodeResult
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -431,10 +433,10 @@ def _service_account_info(text: str) -> dict[str, Any]:
         try:
             raw = base64.b64decode(raw, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError) as error:
-            raise ValueError("credentials_json is neither service-account JSON nor its base64") from error
+            raise WatcherConfigError("credentials_json is neither service-account JSON nor its base64") from error
     info = json.loads(raw)
     if not isinstance(info, dict):
-        raise ValueError("credentials_json must be a JSON object (a service-account key)")
+        raise WatcherConfigError("credentials_json must be a JSON object (a service-account key)")
     return info
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from dagster_dbt import DbtProject
 
+from .errors import WatcherConfigError
 from .invocation import parse_in_process
 
 # What dbt reads when it parses; a change to any of them makes manifest.json stale.
@@ -145,10 +146,10 @@ def profiles_dir_for(project_dir: str, profiles_dir: str | None) -> str | None:
 
 
 def checked_project_dir(value: str, resource: str) -> str:
-    """The absolute project dir, or a ValueError that says what to set."""
+    """The absolute project dir, or a WatcherConfigError (a ValueError) that says what to set."""
     path = Path(value).absolute()
     if not (path / "dbt_project.yml").is_file():
-        raise ValueError(
+        raise WatcherConfigError(
             f"project_dir {value!r} ({path}) is not a dbt project: it has no dbt_project.yml. "
             f"Set {resource}(project_dir=...) to the folder that holds dbt_project.yml."
         )

@@ -14,7 +14,8 @@ from dagster import AssetExecutionContext, ConfigurableResource
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
-from .dagster_events import DagsterNodeEvent
+from .dagster_mapping import DagsterNodeEvent
+from .errors import WatcherConfigError
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
 from .producer import DbtResultSource, start_step, stream_build
 from .project import (
@@ -92,7 +93,7 @@ class DbtWatcherResource(ConfigurableResource):
             return None
         path = Path(value).absolute()
         if not (path / "profiles.yml").is_file():
-            raise ValueError(
+            raise WatcherConfigError(
                 f"profiles_dir {value!r} ({path}) has no profiles.yml. Point profiles_dir at the folder "
                 "that holds profiles.yml, or leave it unset to use dbt's default (~/.dbt)."
             )
@@ -150,7 +151,7 @@ class DbtWatcherResource(ConfigurableResource):
         beside = Path(sys.executable).parent / self.dbt_executable
         if os.sep not in self.dbt_executable and beside.is_file():
             return os.fspath(beside)
-        raise ValueError(
+        raise WatcherConfigError(
             f"dbt_executable {self.dbt_executable!r} was not found on PATH: set "
             "DbtWatcherResource(dbt_executable=...) to the dbt of the environment that runs this project."
         )

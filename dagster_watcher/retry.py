@@ -2,37 +2,43 @@
 
 The truth about what succeeded is the Dagster event log (not a local file), so a retry on another
 machine, a consumer sensor and an in-step retry all read the same evidence through
-:func:`read_run_outcomes`.
+:func:`read_run_outcomes`. Deciding is pure: :func:`retry_batch` (which nodes one retry run gets) and
+:func:`decide_retry` (what one consumer does about its node) take facts and return a verdict.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from enum import Enum
 
 from dagster import AssetCheckKey, AssetKey, DagsterEventType, DagsterInstance, RetryPolicy
 from dagster import Backoff as DagsterBackoff
 
-from .dagster_events import WATCHER_ERROR_KEY, WATCHER_SKIPPED_BECAUSE_KEY, WATCHER_STATUS_KEY
-
-#: Run tags written on retry runs launched by consumer sensors.
-RETRY_OF_TAG = "dagster_watcher/retry_of"
-ATTEMPT_TAG = "dagster_watcher/attempt"
+from . import contract
+from .contract import RecordedOutcome
+from .status import NodeStatus
 
 
 @dataclass(frozen=True)
 class WatcherRetryPolicy:
     """How failed dbt nodes are retried.
 
-    - ``max_retries``: re-materializations of a failed node after the first attempt.
-    - ``delay_seconds`` and ``backoff``: wait ``delay_seconds * backoff ** (attempt - 1)`` after the
-      failed run ended before retrying.
-    - ``non_retryable``: regular expressions; a node whose dbt error matches one is not retried (a
-      compile error fails the same way every time).
+    Args:
+        max_retries: re-materializations of a failed node after the first attempt.
+        delay_seconds: wait ``delay_seconds * backoff ** (attempt - 1)`` after the failed run ended.
+        backoff: see ``delay_seconds``.
+        non_retryable: regular expressions; a node whose dbt error matches one is not retried (a
+            compile error fails the same way every time).
 
     Use it for consumer sensors (``build_watcher_sensors(retry_policy=...)``) and, through
     :meth:`to_dagster`, as the producer op's in-step retry policy.
+
+    Example::
+
+        build_watcher_sensors(my_dbt, retry_policy=WatcherRetryPolicy(max_retries=3, delay_seconds=60))
     """
 
     max_retries: int = 2
@@ -41,6 +47,7 @@ class WatcherRetryPolicy:
     non_retryable: tuple[str, ...] = (r"Compilation Error", r"Parsing Error", r"failed to compile")
 
     def is_retryable(self, error: str | None) -> bool:
+        """False when ``error`` matches one of the ``non_retryable`` patterns."""
         return not any(re.search(p, error or "") for p in self.non_retryable)
 
     def delay_for(self, attempt: int) -> float:
@@ -56,14 +63,20 @@ class WatcherRetryPolicy:
         )
 
 
+def policy_from_tags(tags: Mapping[str, object]) -> WatcherRetryPolicy:
+    """The retry policy the producer op was defined with (default policy when none was given)."""
+    patterns = contract.decode_non_retryable(tags)
+    return WatcherRetryPolicy(non_retryable=patterns) if patterns is not None else WatcherRetryPolicy()
+
+
 @dataclass
 class RunOutcomes:
     """Per-asset and per-check evidence that one run wrote to the event log."""
 
     planned: set[AssetKey] = field(default_factory=set)
     materialized: set[AssetKey] = field(default_factory=set)
-    failures: dict[AssetKey, Mapping[str, object]] = field(default_factory=dict)
-    """Watcher observations (status error/skipped/lost) by asset, metadata values unwrapped."""
+    failures: dict[AssetKey, RecordedOutcome] = field(default_factory=dict)
+    """The watcher's record of each asset that did not materialize (error, skipped, lost)."""
     checks_done: set[AssetCheckKey] = field(default_factory=set)
     """Checks whose test ran to a verdict (passed, warned or failed); a test that errored is not done."""
 
@@ -91,8 +104,8 @@ def read_run_outcomes(instance: DagsterInstance, run_id: str) -> RunOutcomes:
             continue
         if event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.event_specific_data
-            status = evaluation.metadata.get(WATCHER_STATUS_KEY)  # type: ignore[union-attr]
-            if status is None or status.value != "error":
+            recorded = contract.recorded_outcome(evaluation.metadata)  # type: ignore[union-attr]
+            if recorded is None or recorded.status is not NodeStatus.ERROR:
                 out.checks_done.add(evaluation.asset_check_key)  # type: ignore[union-attr]
             continue
         key = event.asset_key
@@ -104,17 +117,10 @@ def read_run_outcomes(instance: DagsterInstance, run_id: str) -> RunOutcomes:
             out.materialized.add(key)
             out.failures.pop(key, None)
         else:
-            metadata = event.event_specific_data.asset_observation.metadata  # type: ignore[union-attr]
-            if WATCHER_STATUS_KEY in metadata and key not in out.materialized:
-                out.failures[key] = {k: v.value for k, v in metadata.items()}
+            recorded = contract.recorded_outcome(event.event_specific_data.asset_observation.metadata)  # type: ignore[union-attr]
+            if recorded is not None and key not in out.materialized:
+                out.failures[key] = recorded
     return out
-
-
-def failure_error(metadata: Mapping[str, object] | None) -> str | None:
-    if not metadata:
-        return None
-    value = metadata.get(WATCHER_ERROR_KEY)
-    return str(value) if value is not None else None
 
 
 def retry_batch(
@@ -127,25 +133,128 @@ def retry_batch(
     (a non-retryable error) or that dbt skipped because of a failing *test* or a non-retryable node
     (re-running them would build on data a test rejected)."""
     candidates = {k for k in outcomes.not_succeeded() if k in unique_id_of}
-    blocked_roots: set[str] = set()
-    for key in candidates:
-        info = outcomes.failures.get(key) or {}
-        if info.get(WATCHER_STATUS_KEY) == "error" and not policy.is_retryable(failure_error(info)):
-            blocked_roots.add(unique_id_of[key])
+    blocked_roots = {
+        unique_id_of[key]
+        for key in candidates
+        if (recorded := outcomes.failures.get(key)) is not None
+        and recorded.status is NodeStatus.ERROR
+        and not policy.is_retryable(recorded.error)
+    }
     batch: set[AssetKey] = set()
     for key in candidates:
-        info = outcomes.failures.get(key) or {}
         if unique_id_of[key] in blocked_roots:
             continue
-        if info.get(WATCHER_STATUS_KEY) == "skipped":
-            causes = set(_as_list(info.get(WATCHER_SKIPPED_BECAUSE_KEY)))
-            if any(c.startswith("test.") or c in blocked_roots for c in causes):
-                continue
+        recorded = outcomes.failures.get(key)
+        if recorded is not None and (
+            recorded.skipped_by_test or any(c in blocked_roots for c in recorded.skipped_because)
+        ):
+            continue
         batch.add(key)
     return batch
 
 
-def _as_list(value: object) -> Iterable[str]:
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value]
-    return []
+# --------------------------------------------------------------------------------------------------
+# One consumer's decision
+
+
+class RetryAction(Enum):
+    WAIT = "wait"
+    """Nothing to do yet (the run is going on, or the retry delay has not passed); ask again later."""
+    SETTLE = "settle"
+    """Nothing (more) to do for this run: remember it as settled."""
+    REQUEST = "request"
+    """Request the retry run of ``batch`` (this consumer leads the batch); then settle."""
+
+
+@dataclass(frozen=True)
+class RetryFacts:
+    """What a consumer knows about its asset in the latest run that planned it."""
+
+    asset: AssetKey
+    run_id: str
+    run_status: str
+    """The run's Dagster status value (``SUCCESS``, ``FAILURE``, ``STARTED``...)."""
+    in_progress: bool
+    materialized: bool
+    recorded: RecordedOutcome | None
+    """The producer's record for the asset (None: nothing recorded, i.e. lost)."""
+    attempt: int
+    """Consumer retries that led to this run."""
+    seconds_since_end: float
+    """How long ago the run ended (0 while it is going on)."""
+
+
+@dataclass(frozen=True)
+class RetryVerdict:
+    action: RetryAction
+    reason: str
+    batch: frozenset[AssetKey] = frozenset()
+    attempt: int = 0
+    """The attempt number of the requested retry."""
+
+
+def decide_retry(
+    facts: RetryFacts,
+    policy: WatcherRetryPolicy | None,
+    batch_of_run: Callable[[], AbstractSet[AssetKey]],
+) -> RetryVerdict:
+    """What one consumer does about its asset, from ``facts`` alone.
+
+    ``batch_of_run`` returns the run's retry batch (:func:`retry_batch`); it is called only once the
+    node is known to be retryable. Exactly one consumer of a batch (its first asset by name) requests
+    the retry, so several failures cost one run.
+
+    Example::
+
+        verdict = decide_retry(facts, WatcherRetryPolicy(), lambda: {AssetKey("orders")})
+        assert verdict.action is RetryAction.REQUEST
+    """
+    name, run = facts.asset.to_user_string(), facts.run_id[:8]
+    if facts.materialized:
+        return RetryVerdict(RetryAction.SETTLE, f"{name}: materialized by run {run}.")
+    if facts.in_progress:
+        what = "failed" if facts.recorded is not None else "not reported yet"
+        return RetryVerdict(
+            RetryAction.WAIT, f"{name}: {what} in run {run}, which is still in progress; waiting for it to end."
+        )
+    if facts.recorded is not None:
+        status, error = facts.recorded.status, facts.recorded.error or ""
+    else:
+        status, error = NodeStatus.LOST, f"run {run} ended ({facts.run_status}) without reporting {name}"
+
+    if policy is None:
+        return RetryVerdict(RetryAction.SETTLE, f"{name}: {status} in run {run} ({error}); retries are disabled.")
+    if facts.attempt >= policy.max_retries:
+        plural = "y" if facts.attempt == 1 else "ies"
+        return RetryVerdict(
+            RetryAction.SETTLE,
+            f"{name}: {status} after {facts.attempt} retr{plural} (limit {policy.max_retries}): {error}",
+        )
+    if status is NodeStatus.ERROR and not policy.is_retryable(error):
+        return RetryVerdict(RetryAction.SETTLE, f"{name}: not retried, the error is not retryable: {error}")
+    wait = policy.delay_for(facts.attempt + 1) - facts.seconds_since_end
+    if wait > 0:
+        return RetryVerdict(
+            RetryAction.WAIT, f"{name}: {status} in run {run}; retry {facts.attempt + 1} in {wait:.0f}s."
+        )
+
+    batch = frozenset(batch_of_run())
+    if facts.asset not in batch:
+        return RetryVerdict(
+            RetryAction.SETTLE,
+            f"{name}: {status} in run {run}, but dbt skipped it because of a failed test or a non-retryable "
+            "node; not retried.",
+        )
+    leader = min(batch, key=lambda k: k.to_user_string())
+    if leader != facts.asset:
+        return RetryVerdict(
+            RetryAction.SETTLE,
+            f"{name}: re-materialization of run {run}'s {len(batch)} unfinished node(s) is requested by "
+            f"{contract.sensor_name(leader)}.",
+        )
+    return RetryVerdict(
+        RetryAction.REQUEST,
+        f"{name}: requesting one re-materialization of run {run}'s {len(batch)} unfinished node(s).",
+        batch=batch,
+        attempt=facts.attempt + 1,
+    )

@@ -31,7 +31,7 @@ from dagster import AssetExecutionContext, AssetSelection, Definitions, EnvVar, 
 from dagster_dbt import DbtProject
 
 from dagster_watcher import BigQueryWatcherResource, dbt_watcher_assets
-from dagster_watcher.dagster_events import DagsterNodeEvent
+from dagster_watcher.dagster_mapping import DagsterNodeEvent
 from dagster_watcher.project import prepare_manifest
 
 PROJECT_DIR = Path(__file__).resolve().parent

@@ -26,7 +26,7 @@ from dagster_watcher.bigquery import (
     compile_project,
     make_job_id,
 )
-from dagster_watcher.events import NodeResult, NodeStatus
+from dagster_watcher.status import NodeResult, NodeStatus
 
 from . import bigquery_server
 from .bigquery_server import jobs_with_prefix, node_jobs, rows

@@ -36,10 +36,10 @@ from dagster_watcher import (
     WatcherRetryPolicy,
     build_watcher_schedule,
     build_watcher_sensors,
-    consumers,
     dbt_watcher_assets,
 )
-from dagster_watcher.retry import ATTEMPT_TAG, RETRY_OF_TAG
+from dagster_watcher.consumers._reads import SNAPSHOT_REFRESH_SECONDS
+from dagster_watcher.contract import ATTEMPT_TAG, RETRY_OF_TAG
 
 from .conftest import EXAMPLE, REPO, run_watcher
 
@@ -207,7 +207,7 @@ def test_downstream_job_is_requested_while_the_producer_still_runs(
     # Once the build is over, a round of every consumer shares ONE batched read of the asset records
     # and no sensor reads its own asset's rows; a second round (nothing new) reads no records at all.
     reads = count_reads(instance, monkeypatch)
-    time.sleep(consumers._SNAPSHOT_REFRESH_SECONDS)  # the snapshot taken during the build may refresh
+    time.sleep(SNAPSHOT_REFRESH_SECONDS)  # the snapshot taken during the build may refresh
     assert sensors.tick_all() == []
     assert reads == {"get_asset_records": 1}, reads
     messages = [sensors.tick(name)[1] or "" for name in sorted(sensors.by_name)]
@@ -260,7 +260,7 @@ def test_flaky_model_costs_one_targeted_rerun_started_only_after_the_producer(
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE  # type: ignore[union-attr]
 
     reads = count_reads(instance, monkeypatch)
-    time.sleep(consumers._SNAPSHOT_REFRESH_SECONDS)
+    time.sleep(SNAPSHOT_REFRESH_SECONDS)
     requested = sensors.tick_all()
     assert len(requested) == 1, "several failed/skipped nodes, one batched re-materialization run"
     # Every sensor decided from one read of the asset records, the run record and the run's outcome.

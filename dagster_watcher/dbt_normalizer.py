@@ -1,75 +1,20 @@
-"""dbt-event normalisation: every dbt invocation mode feeds raw dbt events in here and gets back
-exactly one terminal :class:`NodeResult` per dbt node.
+"""dbt events -> :class:`~dagster_watcher.status.NodeResult`: every dbt invocation mode feeds raw dbt
+events in here and gets back exactly one terminal result per dbt node.
 
-This module knows dbt, not Dagster. Mapping results to Dagster events lives in ``dagster_events.py``.
+This module knows dbt's event format, not Dagster. Results become Dagster events in
+``dagster_mapping.py``.
 """
 
 from __future__ import annotations
 
-import enum
-import os
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-
-class NodeStatus(enum.StrEnum):
-    """The terminal outcome of one dbt node, normalised across dbt versions and invocation modes."""
-
-    SUCCESS = "success"
-    """A model/seed/snapshot was built, or a test passed."""
-    WARN = "warn"
-    """A test with ``severity: warn`` found failing rows (the node itself ran)."""
-    FAIL = "fail"
-    """A test with ``severity: error`` found failing rows."""
-    ERROR = "error"
-    """The node errored: database error, compile error, runtime exception."""
-    SKIPPED = "skipped"
-    """dbt skipped the node because an upstream node failed."""
-    LOST = "lost"
-    """dbt never reported an outcome for a selected node (dbt crashed or was stopped)."""
-
-    @property
-    def succeeded(self) -> bool:
-        return self in (NodeStatus.SUCCESS, NodeStatus.WARN)
-
-
-@dataclass(frozen=True)
-class NodeResult:
-    """One dbt node's terminal outcome, as reported by dbt (or by an engine that runs compiled SQL)."""
-
-    unique_id: str
-    resource_type: str
-    status: NodeStatus
-    dbt_status: str
-    message: str | None = None
-    execution_time: float | None = None
-    adapter_response: Mapping[str, Any] = field(default_factory=dict)
-    failures: int | None = None
-    compiled_code: str | None = None
-    relation_name: str | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    thread: str | None = None
-    invocation_id: str | None = None
-    skipped_because: tuple[str, ...] = ()
-    """unique_ids of the failed upstream nodes that made dbt skip this node."""
-
-
-_SECRET_ENV_PREFIX = "DBT_ENV_SECRET"
-
-
-def scrub_secrets(text: str) -> str:
-    """Mask the values of ``DBT_ENV_SECRET*`` environment variables, as dbt does in its own logs.
-
-    dbt scrubs its log lines, but not the exception text an in-process invocation raises nor every
-    message it puts in events; everything dbt says passes through here before Dagster stores it."""
-    for name, value in os.environ.items():
-        if name.startswith(_SECRET_ENV_PREFIX) and value:
-            text = text.replace(value, "*****")
-    return text
-
+from ._text import scrub_secrets
+from .status import NodeResult, NodeStatus, resource_type_of
 
 # dbt statuses (RunStatus / TestStatus / FreshnessStatus values) -> our terminal status.
 _STATUS_MAP: dict[str, NodeStatus] = {
@@ -85,13 +30,21 @@ _STATUS_MAP: dict[str, NodeStatus] = {
     "no-op": NodeStatus.SUCCESS,
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class RawDbtEvent:
+    """One dbt event as the normaliser consumes it: the same shape whichever mode produced it (a
+    dbtRunner callback message turned into a dict, or one line of dbt's JSON log)."""
+
+    name: str
+    data: Mapping[str, Any]
+    invocation_id: str | None
+
+
 #: The only dbt event names the normaliser consumes. Invocation modes filter on this set as early as
 #: possible (in dbt's thread for the runner, by substring for the JSON log) so the ordered writer
 #: never sees the ~30 debug events dbt fires per node.
 WANTED_EVENTS = frozenset({"NodeFinished", "RunResultError", "MainReportVersion"})
-
-# Outcomes that make dbt skip downstream nodes (a skipped node is a consequence, never a cause).
-_CAUSES = frozenset({NodeStatus.ERROR, NodeStatus.FAIL, NodeStatus.LOST})
 
 
 def _parse_ts(value: Any) -> datetime | None:
@@ -163,7 +116,7 @@ class DbtEventNormalizer:
 
     def _release(self, result: NodeResult) -> NodeResult:
         self._done[result.unique_id] = result
-        if result.status in _CAUSES:
+        if result.status.blocks_descendants:
             self._failed.add(result.unique_id)
         return result
 
@@ -174,7 +127,7 @@ class DbtEventNormalizer:
         if not unique_id or unique_id in self._done or unique_id in self._held:
             # dbt fires NodeFinished once per node; a repeat would be a dbt bug. Never emit twice.
             return []
-        resource_type = node_info.get("resource_type") or unique_id.split(".", 1)[0]
+        resource_type = node_info.get("resource_type") or resource_type_of(unique_id)
         dbt_status = str(run_result.get("status") or node_info.get("node_status") or "")
         status = _STATUS_MAP.get(dbt_status.lower(), NodeStatus.ERROR)
         message = scrub_secrets(run_result.get("message") or "") or None
@@ -217,7 +170,7 @@ class DbtEventNormalizer:
             return []
         held = self._held.pop(unique_id, None)
         if held is not None:
-            return [self._release(_replace(held, message=scrub_secrets(msg)))]
+            return [self._release(dataclasses.replace(held, message=scrub_secrets(msg)))]
         return []
 
     def _compiled_code(self, unique_id: str) -> str | None:
@@ -228,8 +181,6 @@ class DbtEventNormalizer:
         package, path = node.get("package_name"), node.get("original_file_path")
         if not package or not path:
             return None
-        from pathlib import Path
-
         file = Path(self._target_path) / "compiled" / package / path
         try:
             return file.read_text()
@@ -255,23 +206,3 @@ class DbtEventNormalizer:
                     found.append(child)
             stack.extend(self._parent_map.get(parent, ()))
         return tuple(sorted(found))
-
-
-def lost_result(unique_id: str, manifest: Mapping[str, Any], invocation_id: str | None = None) -> NodeResult:
-    """The outcome of a selected node that nothing ever reported: never success, never silent."""
-    node = (manifest.get("nodes") or {}).get(unique_id) or {}
-    return NodeResult(
-        unique_id=unique_id,
-        resource_type=node.get("resource_type", unique_id.split(".", 1)[0]),
-        status=NodeStatus.LOST,
-        dbt_status="not reported",
-        message="dbt exited without reporting an outcome for this node (dbt crashed, was stopped, or never started it).",
-        relation_name=node.get("relation_name"),
-        invocation_id=invocation_id,
-    )
-
-
-def _replace(result: NodeResult, **changes: Any) -> NodeResult:
-    import dataclasses
-
-    return dataclasses.replace(result, **changes)

@@ -1,5 +1,5 @@
-"""Dagster-event mapping: one :class:`~dagster_watcher.events.NodeResult` -> at most one durable Dagster
-event. This module knows Dagster, not dbt's event format.
+"""NodeResult -> Dagster event: one :class:`~dagster_watcher.status.NodeResult` becomes at most one
+durable Dagster event. This module knows Dagster, not dbt's event format.
 
 - model/seed/snapshot succeeded -> ``Output`` (stored as the asset's materialization)
 - test with an asset check -> ``AssetCheckResult`` (passed, severity, failure count)
@@ -24,13 +24,8 @@ from dagster import (
     Output,
 )
 
-from .events import NodeResult, NodeStatus
-
-#: Metadata keys the producer writes and the consumers read. One place, so both sides agree.
-WATCHER_STATUS_KEY = "dagster_watcher/status"
-WATCHER_ERROR_KEY = "dagster_watcher/error"
-WATCHER_SKIPPED_BECAUSE_KEY = "dagster_watcher/skipped_because"
-UNIQUE_ID_KEY = "unique_id"
+from . import contract as c
+from .status import NodeResult, NodeStatus, node_name
 
 DagsterNodeEvent = Output[None] | AssetCheckResult | AssetObservation
 
@@ -48,18 +43,18 @@ class NodeTarget:
 
 def _common_metadata(result: NodeResult) -> dict[str, Any]:
     metadata: dict[str, Any] = {
-        UNIQUE_ID_KEY: result.unique_id,
-        "dbt_status": result.dbt_status,
-        WATCHER_STATUS_KEY: result.status.value,
+        c.UNIQUE_ID_KEY: result.unique_id,
+        c.DBT_STATUS_KEY: result.dbt_status,
+        c.STATUS_KEY: result.status.value,
     }
     if result.invocation_id:
-        metadata["invocation_id"] = result.invocation_id
+        metadata[c.INVOCATION_ID_KEY] = result.invocation_id
     if result.execution_time is not None:
-        metadata["execution_duration"] = MetadataValue.float(float(result.execution_time))
+        metadata[c.EXECUTION_DURATION_KEY] = MetadataValue.float(float(result.execution_time))
     if result.started_at is not None:
-        metadata["started_at"] = result.started_at.isoformat()
+        metadata[c.STARTED_AT_KEY] = result.started_at.isoformat()
     if result.completed_at is not None:
-        metadata["completed_at"] = result.completed_at.isoformat()
+        metadata[c.COMPLETED_AT_KEY] = result.completed_at.isoformat()
     return metadata
 
 
@@ -92,22 +87,16 @@ def _success_metadata(result: NodeResult) -> dict[str, Any]:
     metadata = _common_metadata(result)
     response = {k: v for k, v in result.adapter_response.items() if v not in (None, "")}
     if response:
-        metadata["adapter_response"] = MetadataValue.json(response)
+        metadata[c.ADAPTER_RESPONSE_KEY] = MetadataValue.json(response)
         rows = response.get("rows_affected")
         if isinstance(rows, int) and rows >= 0:
-            metadata["rows_affected"] = rows
+            metadata[c.ROWS_AFFECTED_KEY] = rows
         metadata.update(_response_metadata(response))
     if result.relation_name:
-        metadata["relation_name"] = result.relation_name
+        metadata[c.RELATION_NAME_KEY] = result.relation_name
     if result.compiled_code:
-        metadata["compiled_sql"] = MetadataValue.md(f"```sql\n{result.compiled_code.strip()}\n```")
+        metadata[c.COMPILED_SQL_KEY] = MetadataValue.md(f"```sql\n{result.compiled_code.strip()}\n```")
     return metadata
-
-
-def node_name(unique_id: str) -> str:
-    """`model.shop.stg_orders` -> `stg_orders` (tests: their name without the hash)."""
-    parts = unique_id.split(".")
-    return parts[2] if len(parts) > 2 else unique_id
 
 
 def describe_failure(result: NodeResult) -> str:
@@ -129,9 +118,9 @@ def to_dagster_event(result: NodeResult, target: NodeTarget) -> DagsterNodeEvent
             return None
         metadata = _common_metadata(result)
         if result.failures is not None:
-            metadata["failure_count"] = int(result.failures)
+            metadata[c.FAILURE_COUNT_KEY] = int(result.failures)
         if result.status is NodeStatus.ERROR and result.message:
-            metadata[WATCHER_ERROR_KEY] = MetadataValue.text(result.message)
+            metadata[c.ERROR_KEY] = MetadataValue.text(result.message)
         if result.status is NodeStatus.WARN:
             severity = AssetCheckSeverity.WARN
         elif result.status in (NodeStatus.FAIL, NodeStatus.ERROR):
@@ -152,8 +141,8 @@ def to_dagster_event(result: NodeResult, target: NodeTarget) -> DagsterNodeEvent
         return Output(value=None, output_name=target.output_name, metadata=_success_metadata(result))
     metadata = _common_metadata(result)
     description = describe_failure(result)
-    metadata[WATCHER_ERROR_KEY] = MetadataValue.text(description)
+    metadata[c.ERROR_KEY] = MetadataValue.text(description)
     metadata.update(_response_metadata(dict(result.adapter_response)))  # the failed job, if any
     if result.skipped_because:
-        metadata[WATCHER_SKIPPED_BECAUSE_KEY] = MetadataValue.json(list(result.skipped_because))
+        metadata[c.SKIPPED_BECAUSE_KEY] = MetadataValue.json(list(result.skipped_because))
     return AssetObservation(asset_key=target.asset_key, description=description, metadata=metadata)

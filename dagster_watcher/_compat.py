@@ -1,0 +1,221 @@
+"""Every use of a private Dagster, dbt or dbt-adapter API, in one place.
+
+Each function here reaches into something a minor release of Dagster, dbt-core or an adapter may
+change. Each has a fallback that keeps behaviour (slower, never wrong) when the internals are not
+what it expects, and ``tests/unit/test_compat.py`` exercises every fallback. Nothing else in the
+package imports ``dagster._core``, ``dbt.contracts`` or an adapter's internals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger("dagster_watcher")
+
+# --------------------------------------------------------------------------------------------------
+# Dagster
+
+
+def asset_job_types() -> tuple[type, ...]:
+    """The classes a job attached downstream may be: a resolved job, and what ``define_asset_job``
+    returns before resolution (not exported by ``dagster``).
+
+    Fallback: only ``JobDefinition`` plus duck typing by the caller."""
+    from dagster import JobDefinition
+
+    try:
+        from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+    except ImportError:  # pragma: no cover - exercised by the fallback test
+        return (JobDefinition,)
+    return (JobDefinition, UnresolvedAssetJobDefinition)
+
+
+def is_job_like(value: object) -> bool:
+    """A job definition or an unresolved asset job (anything with a name Dagster can launch)."""
+    if isinstance(value, asset_job_types()):
+        return True
+    # Fallback when the private class moved: what define_asset_job returns has these.
+    return hasattr(value, "name") and hasattr(value, "selection") and callable(getattr(value, "resolve", None))
+
+
+def memoize_output_asset_keys(context: Any) -> bool:
+    """Make a producer step compute its output asset keys once instead of once per ``Output``.
+
+    Dagster 1.13's ``StepExecutionContext.get_output_asset_keys()`` loops over every output and
+    rebuilds the node's key set on each call, and it is called for every ``Output`` the step yields:
+    O(n^3) for a step with n assets. Its answer is fixed for the step, so this step's context object
+    (only this one; nothing global is patched) remembers it.
+
+    Fallback: when the step context is not where it is expected, nothing is changed (the step is
+    as correct, only slower). Returns whether the memo is in place."""
+    try:
+        step_context = context.op_execution_context._step_execution_context
+        keys = step_context.get_output_asset_keys()
+        step_context.get_output_asset_keys = lambda: keys
+    except Exception:  # noqa: BLE001 - an optimisation only
+        return False
+    return True
+
+
+class EventLogVersion:
+    """The event log's newest row id, as cheaply as the storage allows.
+
+    The default SQLite storage opens a new SQLAlchemy engine per query; a private read-only SQLite
+    connection to its index shard answers ``max(id)`` in microseconds. Fallback (any other storage, a
+    moved module, a missing file, a SQL error): the public ``get_maximum_record_id()``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sqlite: tuple[str, Any] | None = None
+
+    def read(self, instance: Any) -> tuple[object, object]:
+        """(which storage, its newest row id). The storage is named by its location or config, not the
+        object: a code server builds a new instance for every sensor evaluation."""
+        storage = instance.event_log_storage
+        path = _sqlite_index_path(storage)
+        if path is not None:
+            with self._lock:
+                found = self._read_sqlite(path)
+            if found is not None:
+                return path, found
+        inst_data = getattr(storage, "inst_data", None)
+        which = (type(storage).__name__, inst_data) if inst_data is not None else id(storage)
+        return which, storage.get_maximum_record_id()
+
+    def _read_sqlite(self, path: str) -> object | None:
+        import os
+        import sqlite3
+
+        if self._sqlite is not None and self._sqlite[0] != path:
+            self.close()
+        if self._sqlite is None:
+            if not os.path.exists(path):
+                return None
+            self._sqlite = path, sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            return self._sqlite[1].execute("select max(id) from event_logs").fetchone()[0]
+        except sqlite3.Error:
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite[1].close()
+            self._sqlite = None
+
+
+def _sqlite_index_path(storage: Any) -> str | None:
+    """The SQLite index shard of Dagster's default event log storage, or None for any other storage."""
+    try:
+        from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+    except ImportError:
+        return None
+    if not isinstance(storage, SqliteEventLogStorage):
+        return None
+    try:
+        return str(storage.path_for_shard("index"))
+    except Exception:  # noqa: BLE001 - fall back to the public read
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# dbt
+
+_WRITABLE_CACHE: dict[tuple[str, str, int], Any] = {}
+_WRITABLE_CACHE_LOCK = threading.Lock()
+
+
+def dbt_manifest_from_json(manifest_json: Mapping[str, Any]) -> Any | None:
+    """dbt's in-memory ``Manifest`` for a manifest.json dict, without parsing the project.
+
+    dbtRunner accepts a pre-parsed manifest and then skips parsing entirely. Building it from the
+    manifest.json the Dagster definitions were made from lets the in-process mode start executing
+    nodes without a second parse, and guarantees dbt runs exactly the graph Dagster shows.
+
+    The deserialised artifact is cached per process; the ``Manifest`` itself is rebuilt for every
+    invocation because dbt mutates it while it runs (compiled SQL, injected ephemeral CTEs), and a
+    reused one makes the next build skip work it must redo.
+
+    Fallback: None when dbt's manifest classes are not what this expects; the caller then lets dbt
+    parse the project itself (slower, same result)."""
+    try:
+        from dbt.contracts.graph.manifest import Manifest, WritableManifest
+
+        meta = manifest_json.get("metadata") or {}
+        key = (str(meta.get("invocation_id")), str(meta.get("generated_at")), len(manifest_json.get("nodes") or {}))
+        with _WRITABLE_CACHE_LOCK:
+            writable = _WRITABLE_CACHE.get(key)
+            if writable is None:
+                # Upgrade paths may mutate what they are given: hand them a copy.
+                writable = WritableManifest.upgrade_schema_version(json.loads(json.dumps(manifest_json)))
+                _WRITABLE_CACHE.clear()  # keep one version: an edited project must not pin old ones
+                _WRITABLE_CACHE[key] = writable
+        manifest = Manifest.from_writable_manifest(writable)
+        _retype_nodes(manifest, manifest_json)
+    except Exception as error:  # noqa: BLE001 - dbt parses instead
+        logger.warning(f"dagster-watcher: could not load manifest.json into dbt ({error!r}); dbt will parse.")
+        return None
+    return manifest
+
+
+def _retype_nodes(manifest: Any, manifest_json: Mapping[str, Any]) -> None:
+    """manifest.json's node union deserialises every test as a singular test; a generic test then
+    fails to compile (`'_dbt_generic_test_kwargs' is undefined`). Rebuild each node with the class its
+    resource_type (and, for tests, test_metadata) calls for."""
+    from dbt.artifacts.resources import GenericTest
+    from dbt.contracts.graph.nodes import GenericTestNode
+
+    for unique_id, node in (manifest_json.get("nodes") or {}).items():
+        if node.get("resource_type") == "test" and node.get("test_metadata"):
+            current = manifest.nodes.get(unique_id)
+            if current is not None and not isinstance(current, GenericTestNode):
+                manifest.nodes[unique_id] = GenericTestNode.from_resource(GenericTest.from_dict(node))
+
+
+def release_adapter_handles() -> None:
+    """Give back what an in-process dbt invocation holds once it is over, as the end of a `dbt`
+    process would: dbt's adapter connections, and dbt-duckdb's process-wide DuckDB instance, which
+    otherwise keeps the warehouse file open (a DuckDB file admits one process at a time).
+
+    Fallback: whatever cannot be released this way stays open until the process ends (never turns a
+    finished build into a failure)."""
+    try:
+        from dbt.adapters.factory import reset_adapters
+
+        reset_adapters()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:
+        return
+    lock = getattr(DuckDBConnectionManager, "_LOCK", None)
+    if lock is None or not hasattr(DuckDBConnectionManager, "_ENV"):
+        return
+    with lock:
+        env = DuckDBConnectionManager._ENV
+        DuckDBConnectionManager._ENV = None
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def run_own_finalizers() -> None:
+    """In a forked child about to ``os._exit``: run the finalizers this process registered.
+
+    dbt's adapter creates multiprocessing locks, registered with the resource tracker the parent
+    shares; ``os._exit`` skips their cleanup, and the parent then warns of "leaked semaphore objects"
+    when it exits (multiprocessing skips finalizers inherited from the parent: they record the pid
+    that made them). Fallback: nothing runs (a warning at the parent's exit, nothing worse)."""
+    try:
+        from multiprocessing import util as mp_util
+
+        mp_util._run_finalizers()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        pass

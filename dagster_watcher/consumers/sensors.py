@@ -1,0 +1,405 @@
+"""Consumer sensors: one per dbt model (and seed/snapshot) that reads the producer's events for that
+asset from the Dagster event log and acts on them, while the build is still running.
+
+Per tick a sensor answers one question: what happened to *my* asset in the latest run that planned it?
+
+- materialized -> launch the downstream jobs attached to the model, once per materialization;
+- failed / skipped because an upstream failed / never reported -> once that run is over, request ONE
+  re-materialization run of every node the run did not build (the retry policy decides), launched
+  by exactly one sensor of the batch so several failures cost one run;
+- the run is still going -> wait. A sensor never starts dbt for a model while a run that planned it
+  is in progress, and never treats "no event" as success.
+
+A tick gathers facts (``SharedReads`` first, the asset's own rows when the snapshot cannot tell),
+hands them to the pure :func:`~dagster_watcher.retry.decide_retry`, and applies its verdict to the
+cursor. The cursor remembers runs already settled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    AssetsDefinition,
+    AssetSelection,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    define_asset_job,
+)
+
+from .. import contract
+from .._compat import asset_job_types, is_job_like
+from .._gc import paused_gc
+from ..contract import RecordedOutcome
+from ..errors import WatcherConfigError
+from ..retry import RetryAction, RetryFacts, WatcherRetryPolicy, decide_retry, retry_batch
+from ._reads import Entry, SharedReads
+
+IN_PROGRESS = frozenset(
+    {
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+        DagsterRunStatus.CANCELING,
+    }
+)
+_WATCHED_TYPES = ("model", "seed", "snapshot")
+
+DownstreamTarget = Any
+"""A job definition (``define_asset_job`` or ``@job``) or an ``AssetSelection``."""
+
+
+@dataclass
+class _Cursor:
+    materialization: int = 0
+    """Storage id of the last materialization whose downstream runs were requested."""
+    settled: str | None = None
+    """Run whose outcome for this asset needs no more action (materialized, retried or given up)."""
+
+    @classmethod
+    def load(cls, raw: str | None) -> _Cursor:
+        if not raw:
+            return cls()
+        try:
+            return cls(**json.loads(raw))
+        except (ValueError, TypeError):
+            return cls()
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class WatchedAsset:
+    """What one consumer sensor needs to know about its asset (built once, at definition time)."""
+
+    key: AssetKey
+    unique_id: str
+    downstream_jobs: list[str] = field(default_factory=list)
+
+
+def _resolve_downstream(
+    assets: AssetsDefinition, downstream: Mapping[str | AssetKey, DownstreamTarget | Sequence[DownstreamTarget]]
+) -> tuple[dict[AssetKey, list[str]], list[Any]]:
+    by_name: dict[str, AssetKey] = {}
+    for key in assets.keys:
+        by_name[key.path[-1]] = key
+        by_name[key.to_user_string()] = key
+    jobs: dict[str, Any] = {}
+    attached: dict[AssetKey, list[str]] = {}
+    for ref, targets in downstream.items():
+        found = ref if isinstance(ref, AssetKey) else by_name.get(ref)
+        if found is None or found not in assets.keys:
+            raise WatcherConfigError(
+                f"build_watcher_sensors: {ref!r} is not an asset of {assets.node_def.name!r}. Downstream "
+                "jobs attach to dbt models, seeds and snapshots that are assets; ephemeral and disabled "
+                "models never run on their own (attach to the first non-ephemeral model below them), "
+                "and models outside the definition's select/exclude are not built by it."
+            )
+        key = found
+        # Job definitions are records (tuples): test for a single target first.
+        single = isinstance(targets, (*asset_job_types(), AssetSelection)) or is_job_like(targets)
+        seq: list[DownstreamTarget] = [targets] if single else list(targets)
+        for target in seq:
+            job_def = (
+                define_asset_job(contract.downstream_job_name(key), selection=target)
+                if isinstance(target, AssetSelection)
+                else target
+            )
+            jobs[job_def.name] = job_def
+            attached.setdefault(key, []).append(job_def.name)
+    return attached, list(jobs.values())
+
+
+def build_watcher_sensors(
+    assets: AssetsDefinition,
+    *,
+    downstream: Mapping[str | AssetKey, DownstreamTarget | Sequence[DownstreamTarget]] | None = None,
+    retry_policy: WatcherRetryPolicy | None = WatcherRetryPolicy(),
+    minimum_interval_seconds: int = 15,
+    default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
+) -> list[SensorDefinition]:
+    """One consumer sensor per dbt model/seed/snapshot asset of a :func:`dbt_watcher_assets` definition.
+
+    Args:
+        assets: the producer definition.
+        downstream: jobs (or asset selections) to launch when a model materializes, keyed by model
+            name or asset key, e.g. ``{"customers": crm_sync_job}``. They start while the dbt build
+            is still running, the moment the model's materialization is in the event log.
+        retry_policy: how failed, skipped and lost nodes are re-materialized; ``None`` disables retries.
+        minimum_interval_seconds: sensor tick interval.
+        default_status: whether the sensors run as soon as the code location loads.
+
+    Raises:
+        WatcherConfigError: a ``downstream`` key that is not an asset of ``assets``.
+
+    Example::
+
+        sensors = build_watcher_sensors(my_dbt, downstream={"customers": crm_sync_job})
+        defs = Definitions(assets=[my_dbt], sensors=sensors, jobs=[crm_sync_job], ...)
+    """
+    with paused_gc():
+        return _build_sensors(
+            assets,
+            downstream or {},
+            retry_policy,
+            minimum_interval_seconds=minimum_interval_seconds,
+            default_status=default_status,
+        )
+
+
+def _build_sensors(
+    assets: AssetsDefinition,
+    downstream: Mapping[str | AssetKey, DownstreamTarget | Sequence[DownstreamTarget]],
+    retry_policy: WatcherRetryPolicy | None,
+    *,
+    minimum_interval_seconds: int,
+    default_status: DefaultSensorStatus,
+) -> list[SensorDefinition]:
+    attached, downstream_jobs = _resolve_downstream(assets, downstream)
+    retry_job = define_asset_job(
+        contract.retry_job_name(assets),
+        selection=AssetSelection.assets(assets),
+        description="Re-materializes dbt nodes that did not succeed (launched by dagster-watcher consumers).",
+    )
+    unique_id_of = contract.unique_ids_by_asset_key(assets)
+    watched_keys = sorted(
+        (k for k in assets.keys if unique_id_of[k].split(".", 1)[0] in _WATCHED_TYPES),
+        key=lambda k: k.to_user_string(),
+    )
+    shared = SharedReads(watched_keys)
+    sensors = []
+    for key in watched_keys:
+        watched = WatchedAsset(key=key, unique_id=unique_id_of[key], downstream_jobs=attached.get(key, []))
+        jobs = [retry_job, *(j for j in downstream_jobs if j.name in watched.downstream_jobs)]
+        sensors.append(
+            SensorDefinition(
+                name=contract.sensor_name(key),
+                evaluation_fn=_make_evaluation(watched, unique_id_of, retry_job.name, retry_policy, shared),
+                jobs=jobs,
+                minimum_interval_seconds=minimum_interval_seconds,
+                default_status=default_status,
+                description=f"dagster-watcher consumer of {key.to_user_string()} ({watched.unique_id}).",
+            )
+        )
+    return sensors
+
+
+def _make_evaluation(
+    watched: WatchedAsset,
+    unique_id_of: Mapping[AssetKey, str],
+    retry_job: str,
+    policy: WatcherRetryPolicy | None,
+    shared: SharedReads,
+) -> Any:
+    def evaluate(context: SensorEvaluationContext) -> SensorResult:
+        cursor = _Cursor.load(context.cursor)
+        snapshot = shared.snapshot(context.instance)
+        entry = snapshot.get(watched.key) if snapshot is not None else None
+        if snapshot is not None and entry is None:
+            entry = Entry(None, None, None)  # no record: never planned nor materialized
+        requests = _downstream_requests(context, watched, cursor, entry)
+        decision = _retry_decision(context, watched, cursor, unique_id_of, retry_job, policy, entry, shared)
+        if isinstance(decision, RunRequest):
+            requests.append(decision)
+            reason = None
+        else:
+            reason = decision
+        return SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else reason,
+            cursor=cursor.dump(),
+        )
+
+    # Real types, not strings: Dagster resolves a sensor function's annotations per SensorDefinition,
+    # which is measurable for thousands of sensors when they are strings.
+    evaluate.__annotations__ = {"context": SensorEvaluationContext, "return": SensorResult}
+    return evaluate
+
+
+def _downstream_requests(
+    context: SensorEvaluationContext, watched: WatchedAsset, cursor: _Cursor, entry: Entry | None
+) -> list[RunRequest]:
+    """One run per attached job per new materialization: the evidence of success is the event itself."""
+    if not watched.downstream_jobs:
+        return []
+    if entry is not None and (entry.materialization_id or 0) <= cursor.materialization:
+        return []  # nothing newer than what the cursor has handled
+    if cursor.materialization == 0:
+        # A new sensor (or a reset cursor) acts on the newest materialization only, like Dagster's
+        # asset sensors: deploying it must not replay the asset's whole history downstream.
+        records = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
+    else:
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=watched.key, after_storage_id=cursor.materialization),
+            limit=100,
+            ascending=True,
+        ).records
+    requests = []
+    for record in records:
+        for job in watched.downstream_jobs:
+            requests.append(
+                RunRequest(
+                    run_key=contract.downstream_run_key(watched.key, record.storage_id, job),
+                    job_name=job,
+                    tags=contract.downstream_run_tags(watched.key, record.run_id),
+                )
+            )
+        cursor.materialization = max(cursor.materialization, record.storage_id)
+    return requests
+
+
+def _process_is_gone(tags: Mapping[str, str]) -> bool:
+    """True only when the producer recorded its pid on THIS host and that process no longer exists.
+    On another host we cannot know: the run stays "in progress" until Dagster's run monitoring (or a
+    person) ends it, and the sensor keeps waiting rather than risk a duplicate dbt run."""
+    where = contract.liveness_from_tags(tags)
+    if where is None or where[1] != socket.gethostname():
+        return False
+    try:
+        os.kill(where[0], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class _RunFacts:
+    run_id: str
+    record: Any
+    """The run's record."""
+    materialized: bool
+    recorded: RecordedOutcome | None
+    """The watcher's record of the asset in that run (None: none recorded)."""
+
+
+def _finished_run_facts(instance: Any, key: AssetKey, entry: Entry, shared: SharedReads) -> _RunFacts | None:
+    """The facts from the latest planning run's whole outcome when that run has ended: read once per
+    run and shared by every sensor of its nodes, so a failed 1,000-node build costs one read, not one
+    per sensor. None when the snapshot cannot tell (the caller reads the asset's own rows)."""
+    run_id = entry.last_run_id
+    if not run_id:
+        return None
+    record = shared.run_record(instance, run_id)
+    if record is None or record.dagster_run.status in IN_PROGRESS:
+        return None
+    outcomes = shared.run_outcomes(instance, run_id, finished=True)
+    # last_run_id is the newest run that planned OR materialized the asset: only a run that planned
+    # it is the one whose outcome decides.
+    if key not in outcomes.planned:
+        return None
+    return _RunFacts(run_id, record, key in outcomes.materialized, outcomes.failures.get(key))
+
+
+def _run_facts_from_rows(instance: Any, key: AssetKey, run_id: str, planned_storage_id: int) -> _RunFacts | None:
+    record = instance.get_run_record_by_id(run_id)
+    if record is None:
+        return None
+    after = AssetRecordsFilter(asset_key=key, after_storage_id=planned_storage_id)
+    if any(r.run_id == run_id for r in instance.fetch_materializations(after, limit=5).records):
+        return _RunFacts(run_id, record, True, None)
+    for r in instance.fetch_observations(after, limit=5).records:
+        recorded = contract.recorded_outcome(r.asset_observation.metadata if r.asset_observation else None)
+        if r.run_id == run_id and recorded is not None:
+            return _RunFacts(run_id, record, False, recorded)
+    return _RunFacts(run_id, record, False, None)
+
+
+def _gather(
+    context: SensorEvaluationContext, watched: WatchedAsset, cursor: _Cursor, entry: Entry | None, shared: SharedReads
+) -> _RunFacts | str:
+    """The facts about the latest run that planned the asset, or the reason there is nothing to decide."""
+    instance = context.instance
+    name = watched.key.to_user_string()
+    if entry is not None:
+        # The newest run that planned the asset also sets last_run_id; when that is the run already
+        # settled, or the run whose materialization is the newest, the answer needs no more reads.
+        if entry.last_run_id is None:
+            return f"{name}: no run has planned it yet."
+        if entry.last_run_id == cursor.settled:
+            return f"{name}: nothing to do for run {entry.last_run_id[:8]}."
+        if entry.materialization_run_id == entry.last_run_id:
+            cursor.settled = entry.last_run_id
+            return f"{name}: materialized by run {entry.last_run_id[:8]}."
+    facts = _finished_run_facts(instance, watched.key, entry, shared) if entry is not None else None
+    if facts is None:
+        planned = instance.get_latest_planned_materialization_info(watched.key)
+        if planned is None:
+            return f"{name}: no run has planned it yet."
+        if cursor.settled == planned.run_id:
+            return f"{name}: nothing to do for run {planned.run_id[:8]}."
+        facts = _run_facts_from_rows(instance, watched.key, planned.run_id, planned.storage_id)
+        if facts is None:
+            return f"{name}: run {planned.run_id[:8]} was deleted."
+    return facts
+
+
+def _retry_decision(
+    context: SensorEvaluationContext,
+    watched: WatchedAsset,
+    cursor: _Cursor,
+    unique_id_of: Mapping[AssetKey, str],
+    retry_job: str,
+    policy: WatcherRetryPolicy | None,
+    entry: Entry | None,
+    shared: SharedReads,
+) -> RunRequest | str:
+    gathered = _gather(context, watched, cursor, entry, shared)
+    if isinstance(gathered, str):
+        return gathered
+    instance = context.instance
+    run = gathered.record.dagster_run
+    in_progress = run.status in IN_PROGRESS
+    if in_progress and not gathered.materialized and _process_is_gone(run.tags):
+        liveness = contract.liveness_from_tags(run.tags)
+        instance.report_run_failed(
+            run,
+            f"dagster-watcher: the run worker (pid {liveness[0] if liveness else '?'} on "
+            f"{liveness[1] if liveness else '?'}) is gone; nodes it did not report are treated as lost.",
+        )
+        in_progress = False
+    ended = gathered.record.end_time or time.time()
+    facts = RetryFacts(
+        asset=watched.key,
+        run_id=gathered.run_id,
+        run_status=run.status.value,
+        in_progress=in_progress,
+        materialized=gathered.materialized,
+        recorded=gathered.recorded,
+        attempt=contract.attempt_of(run.tags),
+        seconds_since_end=0.0 if in_progress else time.time() - ended,
+    )
+
+    def batch() -> set[AssetKey]:
+        finished = run.status not in IN_PROGRESS
+        return retry_batch(shared.run_outcomes(instance, gathered.run_id, finished=finished), policy, unique_id_of)  # type: ignore[arg-type]
+
+    verdict = decide_retry(facts, policy, batch)
+    if verdict.action is RetryAction.WAIT:
+        return verdict.reason
+    cursor.settled = gathered.run_id
+    if verdict.action is RetryAction.SETTLE:
+        return verdict.reason
+    return RunRequest(
+        run_key=contract.retry_run_key(gathered.run_id),
+        job_name=retry_job,
+        asset_selection=sorted(verdict.batch, key=lambda k: k.to_user_string()),
+        # Same resource/op config as the failed run (e.g. dbt vars set in the launchpad).
+        run_config=run.run_config,
+        tags=contract.retry_run_tags(gathered.run_id, verdict.attempt),
+    )

@@ -1,0 +1,209 @@
+"""The producer/consumer contract: every tag, metadata key, run key, name and label dagster-watcher
+writes, and the functions that encode what the producer writes and decode what the consumers read.
+
+Both sides import from here and nowhere else, so they cannot disagree. Keys dagster-dbt already
+defines are dagster-dbt's own constants.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import AssetCheckKey, AssetKey, AssetsDefinition, MetadataValue
+from dagster_dbt.asset_utils import (
+    DAGSTER_DBT_EXCLUDE_METADATA_KEY,
+    DAGSTER_DBT_SELECT_METADATA_KEY,
+    DAGSTER_DBT_SELECTOR_METADATA_KEY,
+    DAGSTER_DBT_UNIQUE_ID_METADATA_KEY,
+)
+
+from .status import NodeStatus
+
+# -- definition metadata and op tags -----------------------------------------------------------------
+
+#: Asset/check spec metadata naming the dbt node (dagster-dbt writes it on every spec).
+SPEC_UNIQUE_ID_KEY = DAGSTER_DBT_UNIQUE_ID_METADATA_KEY
+#: Op tags dagster-dbt puts on a ``@dbt_assets`` op: the definition's own dbt selection.
+SELECT_TAG = DAGSTER_DBT_SELECT_METADATA_KEY
+EXCLUDE_TAG = DAGSTER_DBT_EXCLUDE_METADATA_KEY
+SELECTOR_TAG = DAGSTER_DBT_SELECTOR_METADATA_KEY
+
+#: Op tag that marks a dagster-watcher producer (consumer sensors and retries look for it).
+PRODUCER_TAG = "dagster_watcher/producer"
+#: Op tag carrying the WatcherRetryPolicy's non-retryable patterns (JSON), read by the producer.
+NON_RETRYABLE_TAG = "dagster_watcher/non_retryable"
+
+# -- run tags --------------------------------------------------------------------------------------
+
+#: Written by the producer once per step: where its process lives (consumers check liveness).
+PID_TAG = "dagster_watcher/pid"
+HOST_TAG = "dagster_watcher/host"
+#: Written on retry runs launched by consumer sensors.
+RETRY_OF_TAG = "dagster_watcher/retry_of"
+ATTEMPT_TAG = "dagster_watcher/attempt"
+#: Written on downstream runs launched by consumer sensors.
+UPSTREAM_TAG = "dagster_watcher/upstream"
+UPSTREAM_RUN_TAG = "dagster_watcher/upstream_run"
+
+# -- event metadata ---------------------------------------------------------------------------------
+
+#: The node's normalised :class:`NodeStatus` (on every node event).
+STATUS_KEY = "dagster_watcher/status"
+#: dbt's error text, or the sentence saying why the node did not succeed.
+ERROR_KEY = "dagster_watcher/error"
+#: unique_ids of the failed upstream nodes that made dbt skip the node.
+SKIPPED_BECAUSE_KEY = "dagster_watcher/skipped_because"
+#: The dbt unique_id (on every node event).
+UNIQUE_ID_KEY = "unique_id"
+DBT_STATUS_KEY = "dbt_status"
+INVOCATION_ID_KEY = "invocation_id"
+EXECUTION_DURATION_KEY = "execution_duration"
+STARTED_AT_KEY = "started_at"
+COMPLETED_AT_KEY = "completed_at"
+FAILURE_COUNT_KEY = "failure_count"
+ADAPTER_RESPONSE_KEY = "adapter_response"
+ROWS_AFFECTED_KEY = "rows_affected"
+RELATION_NAME_KEY = "relation_name"
+COMPILED_SQL_KEY = "compiled_sql"
+
+# -- labels on BigQuery jobs ------------------------------------------------------------------------
+
+#: Which statement sequence a node's attempt chose (re-attaching keeps a job id's meaning).
+LABEL_PLAN = "dw-plan"
+#: The statement's index in that sequence.
+LABEL_STEP = "dw-step"
+#: Which invocation submitted the job (tells our own jobs from a previous invocation's on a 409).
+LABEL_INVOCATION = "dw-invocation"
+#: The Dagster run the job belongs to.
+LABEL_RUN = "dw-run"
+
+# -- names and run keys -----------------------------------------------------------------------------
+
+
+def key_slug(key: AssetKey) -> str:
+    """A Dagster-valid, stable name fragment for an asset key."""
+    return "__".join(key.path)
+
+
+def sensor_name(key: AssetKey) -> str:
+    """The consumer sensor of one asset: ``watch_<asset key>``."""
+    return "watch_" + key_slug(key)
+
+
+def retry_job_name(assets: AssetsDefinition) -> str:
+    """Name of the job consumer sensors launch re-materializations with."""
+    return f"{assets.node_def.name}__watcher_retry"
+
+
+def downstream_job_name(key: AssetKey) -> str:
+    """Name of the job made for an asset selection attached downstream of ``key``."""
+    return f"{key_slug(key)}__downstream"
+
+
+def retry_run_key(run_id: str) -> str:
+    """One retry per failed run: a sensor tick evaluated twice launches nothing twice."""
+    return f"dagster_watcher_retry:{run_id}"
+
+
+def downstream_run_key(key: AssetKey, materialization_storage_id: int, job_name: str) -> str:
+    """One downstream run per job per materialization."""
+    return f"{sensor_name(key)}:{materialization_storage_id}:{job_name}"
+
+
+def downstream_run_tags(key: AssetKey, upstream_run_id: str) -> dict[str, str]:
+    return {UPSTREAM_TAG: key.to_user_string(), UPSTREAM_RUN_TAG: upstream_run_id}
+
+
+def retry_run_tags(failed_run_id: str, attempt: int) -> dict[str, str]:
+    return {RETRY_OF_TAG: failed_run_id, ATTEMPT_TAG: str(attempt)}
+
+
+def attempt_of(tags: Mapping[str, str]) -> int:
+    """How many consumer retries led to the run with these tags (0 for a run nobody retried)."""
+    try:
+        return int(tags.get(ATTEMPT_TAG, "0"))
+    except ValueError:
+        return 0
+
+
+# -- encode / decode --------------------------------------------------------------------------------
+
+
+def encode_non_retryable(patterns: tuple[str, ...]) -> str:
+    return json.dumps(list(patterns))
+
+
+def decode_non_retryable(tags: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The non-retryable patterns an op was defined with, or None when it was given no policy."""
+    raw = tags.get(NON_RETRYABLE_TAG)
+    return tuple(json.loads(raw)) if raw else None
+
+
+def liveness_tags(pid: int, host: str) -> dict[str, str]:
+    return {PID_TAG: str(pid), HOST_TAG: host}
+
+
+def liveness_from_tags(tags: Mapping[str, str]) -> tuple[int, str] | None:
+    """(pid, host) the producer recorded, or None when it recorded none (or a malformed one)."""
+    pid, host = tags.get(PID_TAG), tags.get(HOST_TAG)
+    if not pid or not host:
+        return None
+    try:
+        return int(pid), host
+    except ValueError:
+        return None
+
+
+def unwrap_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored metadata (``MetadataValue``s) as plain values."""
+    return {k: v.value if isinstance(v, MetadataValue) else v for k, v in metadata.items()}
+
+
+@dataclass(frozen=True)
+class RecordedOutcome:
+    """What the producer recorded for one node that did not materialize, as the consumers read it."""
+
+    status: NodeStatus
+    error: str | None = None
+    skipped_because: tuple[str, ...] = ()
+
+    @property
+    def skipped_by_test(self) -> bool:
+        """dbt skipped the node because a *test* failed (re-running it would build on rejected data)."""
+        return self.status is NodeStatus.SKIPPED and any(u.startswith("test.") for u in self.skipped_because)
+
+
+def recorded_outcome(metadata: Mapping[str, Any] | None) -> RecordedOutcome | None:
+    """Decode the watcher's metadata on an event; None when the event is not the watcher's."""
+    if not metadata or STATUS_KEY not in metadata:
+        return None
+    values = unwrap_metadata(metadata)
+    status = NodeStatus.parse(values[STATUS_KEY])
+    if status is None:
+        return None
+    error = values.get(ERROR_KEY)
+    causes = values.get(SKIPPED_BECAUSE_KEY)
+    return RecordedOutcome(
+        status=status,
+        error=str(error) if error is not None else None,
+        skipped_because=tuple(str(c) for c in causes) if isinstance(causes, list | tuple) else (),
+    )
+
+
+# -- asset <-> dbt node ----------------------------------------------------------------------------
+
+
+def unique_id_of_asset(assets: AssetsDefinition, key: AssetKey) -> str:
+    return str(assets.get_asset_spec(key).metadata[SPEC_UNIQUE_ID_KEY])
+
+
+def unique_id_of_check(assets: AssetsDefinition, check_key: AssetCheckKey) -> str | None:
+    value = (assets.get_spec_for_check_key(check_key).metadata or {}).get(SPEC_UNIQUE_ID_KEY)
+    return str(value) if value else None
+
+
+def unique_ids_by_asset_key(assets: AssetsDefinition) -> dict[AssetKey, str]:
+    return {key: unique_id_of_asset(assets, key) for key in assets.keys}

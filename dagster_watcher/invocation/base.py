@@ -1,0 +1,45 @@
+"""What every invocation mode implements: :class:`DbtInvocation` starts one `dbt` command and yields
+its raw events (:class:`~dagster_watcher.dbt_normalizer.RawDbtEvent`) in the order dbt fired them, on
+the caller's thread, until dbt has exited; afterwards :attr:`DbtInvocation.exit` says how dbt ended.
+No mode touches Dagster: the caller's thread is the single writer (``producer.py``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..dbt_normalizer import RawDbtEvent
+
+
+@dataclass(frozen=True)
+class InvocationExit:
+    """How a dbt invocation ended."""
+
+    ok: bool
+    """dbt ran to the end and every node succeeded (dbt's own success flag / exit code 0)."""
+    completed: bool
+    """dbt ran its node graph to the end (nodes may still have failed). False: dbt crashed, refused
+    to start (bad project, profile, selector) or was stopped."""
+    error: str | None = None
+    """The error dbt or the process reported when ``completed`` is False."""
+
+
+class DbtInvocation(abc.ABC):
+    """One `dbt` command, started by :meth:`stream`."""
+
+    mode: str
+    exit: InvocationExit | None = None
+
+    def __init__(self, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
+        self.args = list(args)
+        self.env = dict(env or {})
+
+    @abc.abstractmethod
+    def stream(self) -> Iterator[RawDbtEvent]:
+        """Start dbt and yield its wanted events in firing order until it exits."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Ask dbt to stop (run termination). Safe to call from any thread, any number of times."""

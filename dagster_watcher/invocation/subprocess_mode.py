@@ -1,0 +1,118 @@
+"""Subprocess mode: ``dbt ... --log-format json`` in a child process (dbt may live in another
+environment), its log read line by line as dbt writes it."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from .._text import scrub_secrets
+from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
+from ..errors import WatcherConfigError
+from .base import DbtInvocation, InvocationExit
+
+# Substrings of the JSON lines the writer must parse. Everything else is either printed (info and
+# above, so dbt's usual console output reaches the compute logs) or dropped without parsing.
+_WANTED_MARKERS = tuple(f'"name": "{name}"' for name in WANTED_EVENTS)
+
+
+class SubprocessInvocation(DbtInvocation):
+    """``dbt ... --log-format json --log-level debug`` in a child process (dbt may live in another
+    environment: ``dbt_executable``), read line by line as dbt writes it."""
+
+    mode = "subprocess"
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        dbt_executable: str = "dbt",
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        echo: bool = True,
+    ) -> None:
+        super().__init__(args, env=env)
+        self.dbt_executable = dbt_executable
+        self.cwd = cwd
+        self.echo = echo
+        self._process: subprocess.Popen[str] | None = None
+        self._cancelled = False
+
+    def command(self) -> list[str]:
+        # NodeFinished (which carries adapter_response and error text) is a debug-level event.
+        return [self.dbt_executable, *self.args, "--log-format", "json", "--log-level", "debug"]
+
+    def stream(self) -> Iterator[RawDbtEvent]:
+        env = {**os.environ, **self.env}
+        try:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                cwd=self.cwd,
+                env=env,
+            )
+        except FileNotFoundError as exc:
+            raise WatcherConfigError(
+                f"dbt executable {self.dbt_executable!r} was not found: set `dbt_executable` on the "
+                "DbtWatcherResource to the dbt of the environment that should run this project."
+            ) from exc
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+        last_error: str | None = None
+        assert self._process.stdout is not None
+        try:
+            for line in self._process.stdout:
+                if not line.startswith("{"):
+                    tail.append(line.rstrip())  # a traceback or anything dbt did not log as JSON
+                    if self.echo:
+                        print(line, end="")
+                    continue
+                wanted = any(marker in line for marker in _WANTED_MARKERS)
+                if not wanted and '"level": "debug"' in line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    tail.append(line.rstrip())
+                    continue
+                info = event.get("info") or {}
+                if self.echo and info.get("level") != "debug" and info.get("msg"):
+                    print(info["msg"])
+                if info.get("level") == "error" and info.get("msg"):
+                    last_error = info["msg"]
+                if wanted:
+                    yield RawDbtEvent(info.get("name", ""), event.get("data") or {}, info.get("invocation_id"))
+            code = self._process.wait()
+        finally:
+            if self._process.poll() is None:
+                self.cancel()
+        if self._cancelled:
+            self.exit = InvocationExit(ok=False, completed=False, error="dbt was stopped (run terminated)")
+        elif code in (0, 1):
+            # dbt's exit codes: 0 all good, 1 some nodes failed, 2 dbt itself failed.
+            self.exit = InvocationExit(ok=code == 0, completed=True)
+        else:
+            # The last error dbt logged says what to fix; a crash's traceback is only its last lines.
+            detail = scrub_secrets(last_error or "\n".join(list(tail)[-8:]) or "no output")
+            reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            self.exit = InvocationExit(ok=False, completed=False, error=f"dbt {reason}: {detail}")
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        # SIGINT first: dbt handles it like Ctrl-C and cancels running queries.
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
