@@ -57,10 +57,10 @@ from dagster_dbt import DbtProject
 from dagster_watcher import BigQueryWatcherResource, WatcherRetryPolicy, dbt_watcher_assets
 from dagster_watcher.bigquery_resource import job_run_key
 from dagster_watcher.contract import ERROR_KEY as WATCHER_ERROR_KEY
+from dagster_watcher.contract import RETRY_OF_TAG
 from dagster_watcher.contract import SKIPPED_BECAUSE_KEY as WATCHER_SKIPPED_BECAUSE_KEY
 from dagster_watcher.contract import STATUS_KEY as WATCHER_STATUS_KEY
 from dagster_watcher.project import prepare_manifest
-from dagster_watcher.contract import RETRY_OF_TAG
 
 from . import bigquery_server
 from .bigquery_server import jobs_with_prefix, node_jobs, rows
