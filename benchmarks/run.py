@@ -155,7 +155,7 @@ class Bench:
     keep_runs: bool = False
     dagster_home_root: Path | None = None
     postgres: Any = None
-    """A running tests.deployment.PostgresServer: each run then gets its own fresh database."""
+    """A running tests.support.deployment.PostgresServer: each run then gets its own fresh database."""
     _runs: int = 0
     patch_dagster: bool = False
     profile_dir: Path | None = None
@@ -873,7 +873,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--instance",
         choices=["sqlite", "postgres"],
         default="sqlite",
-        help="Dagster storage for every run: SQLite in a fresh DAGSTER_HOME (default) or a fresh database on a local PostgreSQL server started for the benchmark (fsync off; needs the postgresql package, see tests/deployment.py)",
+        help="Dagster storage for every run: SQLite in a fresh DAGSTER_HOME (default) or a fresh database on a local PostgreSQL server started for the benchmark (fsync off; needs the postgresql package, see tests/support/deployment.py)",
     )
     p.add_argument(
         "--dagster-home-root",
@@ -910,7 +910,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_args(argv)
     if opts.instance == "postgres":
         sys.path.insert(0, str(REPO))
-        from tests.deployment import running_postgres
+        from tests.support.deployment import running_postgres
 
         with running_postgres(database="bench_admin") as server:
             return _main(opts, server)

@@ -22,7 +22,7 @@ from dagster_watcher import DbtWatcherResource, dbt_watcher_assets
 from dagster_watcher.invocation import RunnerInvocation
 from dagster_watcher.project import profile_fingerprint, recorded_fingerprint
 
-from .conftest import EXAMPLE, WatcherRun, run_watcher
+from ..support import EXAMPLE, WatcherRun, run_watcher
 
 MODES = ["runner", "subprocess"]
 

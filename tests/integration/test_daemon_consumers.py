@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from .deployment import GraphQLClient, key_str, metadata_dict, running_dagster_dev
+from ..support.deployment import GraphQLClient, key_str, metadata_dict, running_dagster_dev
 from .test_deployment import DBT_ASSETS, FAILING, dbt_nodes, latest_materialization, staged_workspace
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ Every helper is a context manager that stops what it started, also when the test
 
 Run by hand (prints the URL, Ctrl-C stops everything)::
 
-    .venv/bin/python -m tests.deployment [--postgres]
+    .venv/bin/python -m tests.support.deployment [--postgres]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WORKSPACE = REPO / "workspace.yaml"
 ARTIFACTS = REPO / "tests" / "artifacts"
 VENV_BIN = Path(sys.executable).parent

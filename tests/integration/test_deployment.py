@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from .deployment import (
+from ..support.deployment import (
     ARTIFACTS,
     REPO,
     DagsterDev,

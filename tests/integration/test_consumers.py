@@ -41,7 +41,7 @@ from dagster_watcher import (
 from dagster_watcher.consumers._reads import SNAPSHOT_REFRESH_SECONDS
 from dagster_watcher.contract import ATTEMPT_TAG, RETRY_OF_TAG
 
-from .conftest import EXAMPLE, REPO, run_watcher
+from ..support import EXAMPLE, REPO, run_watcher
 
 ALL_ASSETS = {
     AssetKey(k)
