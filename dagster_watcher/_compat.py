@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -219,3 +220,35 @@ def run_own_finalizers() -> None:
         mp_util._run_finalizers()  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001
         pass
+
+
+# --------------------------------------------------------------------------------------------------
+# dagster-dbt
+
+
+def current_manifest(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """manifest.json as it is on disk now, through dagster-dbt's per-path cache.
+
+    dagster-dbt caches a parsed manifest per path for the life of the process, so a definition made
+    again after a re-parse (``prepare_manifest`` in the same process) would get the old graph and
+    the old SQL. The cached entry is used only while its ``generated_at`` is the file's; otherwise
+    the cache is cleared and the file read again. Fallback (dagster-dbt's reader moved): the file is
+    read here, uncached."""
+    from pathlib import Path
+
+    from .project import manifest_generated_at
+
+    resolved = Path(path).resolve()
+    try:
+        from dagster_dbt.dbt_manifest import read_manifest_path
+    except ImportError:
+        return json.loads(resolved.read_bytes())
+    cached = read_manifest_path(resolved)
+    on_disk = manifest_generated_at(resolved)
+    if (cached.get("metadata") or {}).get("generated_at") != on_disk:
+        cache_clear = getattr(read_manifest_path, "cache_clear", None)
+        if cache_clear is None:
+            return json.loads(resolved.read_bytes())
+        cache_clear()
+        cached = read_manifest_path(resolved)
+    return cached

@@ -12,6 +12,7 @@ from dagster import AssetsDefinition, BackfillPolicy, PartitionsDefinition, Retr
 from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
 
 from . import contract
+from ._compat import current_manifest
 from ._gc import paused_gc
 from .retry import WatcherRetryPolicy
 
@@ -56,7 +57,8 @@ def dbt_watcher_assets(
 
     def _build(fn: Callable[..., Any]) -> AssetsDefinition:
         return dbt_assets(
-            manifest=manifest,
+            # The manifest as it is on disk now (dagster-dbt would serve a path's first parse forever).
+            manifest=current_manifest(manifest) if isinstance(manifest, str | Path) else manifest,
             project=project,
             select=select,
             exclude=exclude,

@@ -7,7 +7,9 @@ defines are dagster-dbt's own constants.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,7 @@ from dagster_dbt.asset_utils import (
     DAGSTER_DBT_UNIQUE_ID_METADATA_KEY,
 )
 
-from .status import NodeStatus
+from .status import NodeStatus, is_test
 
 # -- definition metadata and op tags -----------------------------------------------------------------
 
@@ -56,6 +58,13 @@ STATUS_KEY = "dagster_watcher/status"
 ERROR_KEY = "dagster_watcher/error"
 #: unique_ids of the failed upstream nodes that made dbt skip the node.
 SKIPPED_BECAUSE_KEY = "dagster_watcher/skipped_because"
+#: Why dbt's selection left the node out (the flag, selector or stale source), on ``not_selected``.
+REASON_KEY = "dagster_watcher/reason"
+#: On observations about a *test's* verdict (a test without an asset check, a unit test, a check that
+#: was not selected): the test's name. Such an observation says nothing about its asset's own outcome.
+TEST_KEY = "dagster_watcher/test"
+#: A microbatch model's failed batches, on a partial success.
+FAILED_BATCHES_KEY = "dagster_watcher/failed_batches"
 #: The dbt unique_id (on every node event).
 UNIQUE_ID_KEY = "unique_id"
 DBT_STATUS_KEY = "dbt_status"
@@ -83,9 +92,22 @@ LABEL_RUN = "dw-run"
 # -- names and run keys -----------------------------------------------------------------------------
 
 
+_INVALID_NAME_CHARS = re.compile(r"[^A-Za-z0-9_]")
+
+
+def dagster_name(text: str) -> str:
+    """A valid Dagster name (letters, digits, underscores) for any text, stable and unique: text that
+    is already valid stays as it is; otherwise the invalid characters become ``_`` and a short hash of
+    the original keeps ``staging.customers`` and ``staging_customers`` apart."""
+    cleaned = _INVALID_NAME_CHARS.sub("_", text)
+    if cleaned == text:
+        return text
+    return f"{cleaned}_{hashlib.sha1(text.encode()).hexdigest()[:6]}"
+
+
 def key_slug(key: AssetKey) -> str:
-    """A Dagster-valid, stable name fragment for an asset key."""
-    return "__".join(key.path)
+    """A Dagster-valid, stable name fragment for an asset key (any name dbt allows: dots, dashes)."""
+    return dagster_name("__".join(key.path))
 
 
 def sensor_name(key: AssetKey) -> str:
@@ -169,16 +191,24 @@ class RecordedOutcome:
     status: NodeStatus
     error: str | None = None
     skipped_because: tuple[str, ...] = ()
+    reason: str | None = None
+    """Why dbt's selection left the node out (``not_selected`` only)."""
+    test: str | None = None
+    """Set when the record is a test's verdict observed on this asset, not the asset's own outcome."""
 
     @property
     def skipped_by_test(self) -> bool:
-        """dbt skipped the node because a *test* failed (re-running it would build on rejected data)."""
-        return self.status is NodeStatus.SKIPPED and any(u.startswith("test.") for u in self.skipped_because)
+        """dbt skipped the node because a data or unit *test* failed (re-running it would build on data
+        a test rejected, or with logic a unit test rejected)."""
+        return self.status is NodeStatus.SKIPPED and any(is_test(u) for u in self.skipped_because)
 
 
-def recorded_outcome(metadata: Mapping[str, Any] | None) -> RecordedOutcome | None:
-    """Decode the watcher's metadata on an event; None when the event is not the watcher's."""
+def recorded_outcome(metadata: Mapping[str, Any] | None, *, include_tests: bool = False) -> RecordedOutcome | None:
+    """Decode the watcher's metadata on an event; None when the event is not the watcher's, or (unless
+    ``include_tests``) when it is a test's verdict rather than the asset's own outcome."""
     if not metadata or STATUS_KEY not in metadata:
+        return None
+    if TEST_KEY in metadata and not include_tests:
         return None
     values = unwrap_metadata(metadata)
     status = NodeStatus.parse(values[STATUS_KEY])
@@ -190,6 +220,8 @@ def recorded_outcome(metadata: Mapping[str, Any] | None) -> RecordedOutcome | No
         status=status,
         error=str(error) if error is not None else None,
         skipped_because=tuple(str(c) for c in causes) if isinstance(causes, list | tuple) else (),
+        reason=str(values[REASON_KEY]) if values.get(REASON_KEY) is not None else None,
+        test=str(values[TEST_KEY]) if values.get(TEST_KEY) is not None else None,
     )
 
 

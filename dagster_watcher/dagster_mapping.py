@@ -39,6 +39,9 @@ class NodeTarget:
     output_name: str | None = None
     check_key: AssetCheckKey | None = None
     check_severity: str = "error"
+    observe_keys: tuple[AssetKey, ...] = ()
+    """For a test with no asset check (or a unit test): the assets its verdict is observed on."""
+    test_name: str | None = None
 
 
 def _common_metadata(result: NodeResult) -> dict[str, Any]:
@@ -102,47 +105,111 @@ def _success_metadata(result: NodeResult) -> dict[str, Any]:
 def describe_failure(result: NodeResult) -> str:
     """One human sentence for a node that did not succeed (used in events, logs and the step error)."""
     if result.status is NodeStatus.SKIPPED:
-        upstream = ", ".join(node_name(u) for u in result.skipped_because) or "an upstream node"
-        return f"skipped by dbt because upstream {upstream} failed"
+        if result.skipped_because:
+            upstream = ", ".join(node_name(u) for u in result.skipped_because)
+            return f"skipped by dbt because upstream {upstream} failed"
+        return result.message or "skipped by dbt because an upstream node failed"
+    if result.status is NodeStatus.NOT_SELECTED:
+        return f"not selected by dbt in this run: {result.message}" if result.message else "not selected by dbt"
+    if result.status is NodeStatus.PARTIAL_SUCCESS:
+        batches = ", ".join(result.failed_batches) or "some batches"
+        return result.message or f"microbatch model built partially; failed batches: {batches}"
     if result.status is NodeStatus.LOST:
         return result.message or "no outcome reported by dbt"
     return result.message or f"dbt status {result.dbt_status!r} without an error message"
 
 
-def to_dagster_event(result: NodeResult, target: NodeTarget) -> DagsterNodeEvent | None:
-    """The one durable Dagster event for a node outcome, or None when the node has no Dagster home
-    (a test that is not an asset check, or a test dbt skipped: an unexecuted check is left without a
-    result rather than shown as passed or failed)."""
-    if target.check_key is not None:
-        if result.status in (NodeStatus.SKIPPED, NodeStatus.LOST):
-            return None
-        metadata = _common_metadata(result)
-        if result.failures is not None:
-            metadata[c.FAILURE_COUNT_KEY] = int(result.failures)
-        if result.status is NodeStatus.ERROR and result.message:
-            metadata[c.ERROR_KEY] = MetadataValue.text(result.message)
-        if result.status is NodeStatus.WARN:
-            severity = AssetCheckSeverity.WARN
-        elif result.status in (NodeStatus.FAIL, NodeStatus.ERROR):
-            severity = AssetCheckSeverity.ERROR
-        else:
-            severity = AssetCheckSeverity.WARN if target.check_severity == "warn" else AssetCheckSeverity.ERROR
-        return AssetCheckResult(
-            asset_key=target.check_key.asset_key,
-            check_name=target.check_key.name,
-            passed=result.status is NodeStatus.SUCCESS,
-            severity=severity,
-            metadata=metadata,
-            description=result.message if not result.status.succeeded else None,
-        )
-    if target.asset_key is None or target.output_name is None:
-        return None
-    if result.status.succeeded:
-        return Output(value=None, output_name=target.output_name, metadata=_success_metadata(result))
+def _not_selected_metadata(result: NodeResult) -> dict[str, Any]:
     metadata = _common_metadata(result)
+    metadata[c.REASON_KEY] = MetadataValue.text(result.message or "")
+    return metadata
+
+
+def _test_verdict_metadata(result: NodeResult, test_name: str) -> dict[str, Any]:
+    metadata = _common_metadata(result)
+    metadata[c.TEST_KEY] = test_name
+    if result.failures is not None:
+        metadata[c.FAILURE_COUNT_KEY] = int(result.failures)
+    if result.status is NodeStatus.ERROR and result.message:
+        metadata[c.ERROR_KEY] = MetadataValue.text(result.message)
+    return metadata
+
+
+def to_dagster_events(result: NodeResult, target: NodeTarget) -> list[DagsterNodeEvent]:
+    """The durable Dagster events for a node outcome (usually exactly one):
+
+    - an asset check result for a test with a check (none for a skipped or lost test: an unexecuted
+      check is left without a result rather than shown as passed or failed);
+    - a materialization (``Output``) for a model/seed/snapshot that was built;
+    - one observation for an asset that failed, was skipped, was lost or was not selected;
+    - one observation per parent asset for a test that is not an asset check, and on its model for a
+      unit test (its verdict, marked with the test's name);
+    - one observation on the check's asset for a check dbt's selection left out.
+    """
+    if target.check_key is not None:
+        return [e for e in [_check_event(result, target)] if e is not None]
+    if target.observe_keys:
+        if not result.status.ran:
+            return []
+        description = describe_failure(result) if result.status.is_failure else None
+        return [
+            AssetObservation(
+                asset_key=key,
+                description=description,
+                metadata=_test_verdict_metadata(result, target.test_name or node_name(result.unique_id)),
+            )
+            for key in target.observe_keys
+        ]
+    if target.asset_key is None or target.output_name is None:
+        return []
+    if result.status.materializes:
+        metadata = _success_metadata(result)
+        if result.failed_batches:
+            metadata[c.FAILED_BATCHES_KEY] = MetadataValue.json(list(result.failed_batches))
+        return [Output(value=None, output_name=target.output_name, metadata=metadata)]
     description = describe_failure(result)
+    if result.status is NodeStatus.NOT_SELECTED:
+        return [
+            AssetObservation(
+                asset_key=target.asset_key, description=description, metadata=_not_selected_metadata(result)
+            )
+        ]
+    metadata = _common_metadata(result)
     metadata[c.ERROR_KEY] = MetadataValue.text(description)
     metadata.update(_response_metadata(dict(result.adapter_response)))  # the failed job, if any
     if result.skipped_because:
         metadata[c.SKIPPED_BECAUSE_KEY] = MetadataValue.json(list(result.skipped_because))
-    return AssetObservation(asset_key=target.asset_key, description=description, metadata=metadata)
+    return [AssetObservation(asset_key=target.asset_key, description=description, metadata=metadata)]
+
+
+def _check_event(result: NodeResult, target: NodeTarget) -> DagsterNodeEvent | None:
+    assert target.check_key is not None
+    if result.status is NodeStatus.NOT_SELECTED:
+        metadata = _not_selected_metadata(result)
+        metadata[c.TEST_KEY] = target.check_key.name
+        return AssetObservation(
+            asset_key=target.check_key.asset_key,
+            description=f"check {target.check_key.name}: {describe_failure(result)}",
+            metadata=metadata,
+        )
+    if not result.status.ran:
+        return None
+    metadata = _common_metadata(result)
+    if result.failures is not None:
+        metadata[c.FAILURE_COUNT_KEY] = int(result.failures)
+    if result.status is NodeStatus.ERROR and result.message:
+        metadata[c.ERROR_KEY] = MetadataValue.text(result.message)
+    if result.status is NodeStatus.WARN:
+        severity = AssetCheckSeverity.WARN
+    elif result.status in (NodeStatus.FAIL, NodeStatus.ERROR):
+        severity = AssetCheckSeverity.ERROR
+    else:
+        severity = AssetCheckSeverity.WARN if target.check_severity == "warn" else AssetCheckSeverity.ERROR
+    return AssetCheckResult(
+        asset_key=target.check_key.asset_key,
+        check_name=target.check_key.name,
+        passed=result.status is NodeStatus.SUCCESS,
+        severity=severity,
+        metadata=metadata,
+        description=result.message if not result.status.succeeded else None,
+    )

@@ -8,13 +8,13 @@ This module knows dbt's event format, not Dagster. Results become Dagster events
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ._text import scrub_secrets
-from .status import NodeResult, NodeStatus, resource_type_of
+from .status import NodeResult, NodeStatus, is_test, resource_type_of
 
 # dbt statuses (RunStatus / TestStatus / FreshnessStatus values) -> our terminal status.
 _STATUS_MAP: dict[str, NodeStatus] = {
@@ -25,6 +25,7 @@ _STATUS_MAP: dict[str, NodeStatus] = {
     "error": NodeStatus.ERROR,
     "runtime error": NodeStatus.ERROR,
     "skipped": NodeStatus.SKIPPED,
+    "partial success": NodeStatus.PARTIAL_SUCCESS,
     # dbt reports `no-op` for nodes it deliberately did nothing for (e.g. a partial retry); treat it as
     # success only because dbt itself says the relation is in place.
     "no-op": NodeStatus.SUCCESS,
@@ -84,6 +85,15 @@ class DbtEventNormalizer:
         self._held: dict[str, NodeResult] = {}
         self._failed: set[str] = set()
         """Nodes whose outcome makes dbt skip their descendants."""
+        self._unit_tests_of: dict[str, list[str]] = {}
+        """model unique_id -> its unit tests (they are in no child_map: dbt runs them before the model)."""
+        for unit_test_id, unit_test in (manifest.get("unit_tests") or {}).items():
+            tested = ((unit_test.get("depends_on") or {}).get("nodes") or [None])[0]
+            if tested:
+                self._unit_tests_of.setdefault(tested, []).append(unit_test_id)
+        self._first_failure: str | None = None
+        self.fail_fast_after: str | None = None
+        """With ``--fail-fast``: the first failed node, once dbt said it stops the build."""
         self.dbt_version: str | None = None
 
     @property
@@ -103,6 +113,30 @@ class DbtEventNormalizer:
             self.dbt_version = str(data.get("version", "")).lstrip("=") or None
         return []
 
+    def unreported(self, expected: Iterable[str]) -> list[NodeResult]:
+        """Outcomes dbt gave only in words for expected nodes it never reported: with ``--fail-fast``,
+        the nodes it skipped after the first failure (never lost: dbt decided not to run them)."""
+        if self.fail_fast_after is None:
+            return []
+        cause = self.fail_fast_after
+        message = f"skipped by dbt: --fail-fast stopped the build after {cause.split('.')[-1]} failed"
+        out = []
+        for unique_id in sorted(set(expected) - set(self._done) - set(self._held)):
+            node = (self._manifest.get("nodes") or {}).get(unique_id) or {}
+            out.append(
+                self._release(
+                    NodeResult(
+                        unique_id=unique_id,
+                        resource_type=node.get("resource_type") or resource_type_of(unique_id),
+                        status=NodeStatus.SKIPPED,
+                        dbt_status="skipped",
+                        message=message,
+                        invocation_id=self.invocation_id,
+                    )
+                )
+            )
+        return out
+
     def release_held(self) -> list[NodeResult]:
         """dbt has exited (or is being stopped): release results still waiting for their error text."""
         out = [self._release(r) for r in list(self._held.values())]
@@ -118,6 +152,7 @@ class DbtEventNormalizer:
         self._done[result.unique_id] = result
         if result.status.blocks_descendants:
             self._failed.add(result.unique_id)
+            self._first_failure = self._first_failure or result.unique_id
         return result
 
     def _on_node_finished(self, data: Mapping[str, Any]) -> list[NodeResult]:
@@ -146,7 +181,7 @@ class DbtEventNormalizer:
             message=message,
             execution_time=run_result.get("execution_time"),
             adapter_response=dict(run_result.get("adapter_response") or {}),
-            failures=failures if resource_type == "test" else None,
+            failures=failures if resource_type in ("test", "unit_test") else None,
             compiled_code=self._compiled_code(unique_id) if status.succeeded and resource_type == "model" else None,
             relation_name=relation,
             started_at=started,
@@ -154,6 +189,7 @@ class DbtEventNormalizer:
             thread=run_result.get("thread"),
             invocation_id=self.invocation_id,
             skipped_because=self._failed_ancestors(unique_id) if status is NodeStatus.SKIPPED else (),
+            failed_batches=_failed_batches(run_result) if status is NodeStatus.PARTIAL_SUCCESS else (),
         )
         if status is NodeStatus.ERROR and not message:
             # The text may still come in RunResultError at the end of the run: hold, don't lose it.
@@ -164,6 +200,9 @@ class DbtEventNormalizer:
     def _on_run_result_error(self, data: Mapping[str, Any]) -> list[NodeResult]:
         unique_id = (data.get("node_info") or {}).get("unique_id")
         msg = data.get("msg") or ""
+        if not unique_id and "fail_fast" in msg and self.fail_fast_after is None:
+            # dbt reports the nodes --fail-fast skipped only as these lines, without the node.
+            self.fail_fast_after = self._first_failure or "a node"
         if not unique_id or not msg.strip():
             # dbt follows real errors with trailing empty RunResultError lines: never let them
             # overwrite text we already have.
@@ -188,9 +227,10 @@ class DbtEventNormalizer:
             return None
 
     def _failed_ancestors(self, unique_id: str) -> tuple[str, ...]:
-        """The failed nodes upstream of a skipped node: failed ancestors, and failed tests on them
-        (in `dbt build` a failing test also skips its model's children)."""
-        found: list[str] = []
+        """The failed nodes upstream of a skipped node: failed ancestors, failed data tests on them (in
+        `dbt build` a failing test also skips its model's children), and failed unit tests of the node
+        itself or of an ancestor (dbt runs a model's unit tests first and skips it when one fails)."""
+        found: list[str] = [u for u in self._unit_tests_of.get(unique_id, ()) if u in self._failed]
         seen = {unique_id}
         stack = list(self._parent_map.get(unique_id, ()))
         while stack:
@@ -200,9 +240,15 @@ class DbtEventNormalizer:
             seen.add(parent)
             if parent in self._failed:
                 found.append(parent)
-            for child in self._child_map.get(parent, ()):
-                if child.startswith("test.") and child in self._failed and child not in seen:
+            for child in [*self._child_map.get(parent, ()), *self._unit_tests_of.get(parent, ())]:
+                if is_test(child) and child in self._failed and child not in seen:
                     seen.add(child)
                     found.append(child)
             stack.extend(self._parent_map.get(parent, ()))
-        return tuple(sorted(found))
+        return tuple(sorted(set(found)))
+
+
+def _failed_batches(run_result: Mapping[str, Any]) -> tuple[str, ...]:
+    """The start of each failed batch of a microbatch model (dbt reports ``[start, end]`` pairs)."""
+    failed = (run_result.get("batch_results") or {}).get("failed") or []
+    return tuple(str(batch[0] if isinstance(batch, list | tuple) and batch else batch) for batch in failed)

@@ -69,6 +69,11 @@ class WatcherConfigError(DagsterWatcherError, ValueError):
     """Bad input to a dagster-watcher API (a path, a name, a selection); the text names what to fix."""
 
 
+class DbtSelectionError(WatcherConfigError):
+    """dbt's selector rejected the selection of a build (a bad selector name, a missing state manifest,
+    a profile dbt cannot load); the message is dbt's."""
+
+
 class ManifestPreparationError(DagsterWatcherError, RuntimeError):
     """``dbt parse`` (or ``dbt deps``) failed while preparing the manifest the definitions load."""
 
@@ -91,6 +96,7 @@ __all__ = [
     "BigQueryWatcherError",
     "DagsterWatcherError",
     "DbtDidNotComplete",
+    "DbtSelectionError",
     "ManifestPreparationError",
     "NodesDidNotSucceed",
     "UnsupportedNodeError",

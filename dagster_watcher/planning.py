@@ -1,14 +1,20 @@
 """Selection planning: which dbt nodes this producer step asks dbt to run, and which outcomes it must
-account for. Pure reads of the definition and the event log; nothing here runs dbt or writes events.
+account for.
+
+:func:`plan_for_context` reads the Dagster side (the step's selected assets and checks, the
+definition's own dbt selection); :func:`resolve_plan` asks dbt's own selector (``selection.py``) what
+the invocation will run once the user's flags are applied, and records what it leaves out as
+``not_selected``. Nothing here writes events.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import AssetExecutionContext
+from dagster import AssetExecutionContext, AssetKey
 from dagster_dbt import DbtProject
 from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 from dagster_dbt.dagster_dbt_translator import DagsterDbtTranslator
@@ -16,6 +22,8 @@ from dagster_dbt.dagster_dbt_translator import DagsterDbtTranslator
 from . import contract
 from .dagster_mapping import NodeTarget
 from .retry import WatcherRetryPolicy, policy_from_tags, read_run_outcomes
+from .selection import DbtSelectionFlags, SelectionQuery, SelectionResolver
+from .status import is_test, node_name
 
 
 @dataclass
@@ -33,18 +41,41 @@ class BuildPlan:
     """Nodes that succeeded in an earlier attempt of this step (retries run only the rest)."""
     project: DbtProject | None = None
     """The dagster-dbt project the definition was made with (None for a bare manifest)."""
+    definition_flags: DbtSelectionFlags = field(default_factory=DbtSelectionFlags)
+    """The definition's own dbt selection (``select``/``exclude``/``selector`` of the decorator)."""
+    is_full: bool = False
+    """The step runs the whole definition (no Dagster subset, no retry of part of it)."""
+    selected: frozenset[str] | None = None
+    """What dbt will run, as dbt's selector resolved it (None until :func:`resolve_plan`)."""
+    not_selected: dict[str, str] = field(default_factory=dict)
+    """Planned nodes dbt's selection leaves out, with the reason."""
+    deselected_checks: frozenset[str] = frozenset()
+    """Tests of this definition's checks that the Dagster selection left out."""
+    test_targets: dict[str, NodeTarget] = field(default_factory=dict)
+    """Tests dbt will run that are no asset check (and unit tests): their verdict is observed on
+    their parent assets."""
 
     @property
     def expected(self) -> frozenset[str]:
-        return frozenset(self.targets) - self.already_done
+        """Every node whose outcome this step must record: lost when dbt never reports it."""
+        planned = frozenset(self.targets) | frozenset(self.test_targets)
+        if self.selected is not None:
+            planned &= self.selected
+        return planned - self.already_done - frozenset(self.not_selected)
+
+    def target_of(self, unique_id: str) -> NodeTarget | None:
+        return self.targets.get(unique_id) or self.test_targets.get(unique_id)
+
+    def fqn_of(self, unique_id: str) -> str | None:
+        node = _node(self.manifest, unique_id)
+        return ".".join(node["fqn"]) if node.get("fqn") else None
 
     @property
     def is_empty(self) -> bool:
         return not self.expected
 
     def name_of(self, unique_id: str) -> str:
-        node = (self.manifest.get("nodes") or {}).get(unique_id) or {}
-        return str(node.get("name") or unique_id)
+        return str(_node(self.manifest, unique_id).get("name") or unique_id)
 
 
 def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str] = frozenset()) -> BuildPlan:
@@ -69,29 +100,33 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
         severity = str(((nodes.get(test_id) or {}).get("config") or {}).get("severity", "error")).lower()
         targets[test_id] = NodeTarget(unique_id=test_id, check_key=check_key, check_severity=severity)
 
+    tags = context.op_execution_context.op.tags
     plan = BuildPlan(
         manifest=manifest,
         translator=translator,
         targets=targets,
         already_done=already_done,
-        retry_policy=policy_from_tags(context.op_execution_context.op.tags),
+        retry_policy=policy_from_tags(tags),
         project=project,
+        definition_flags=DbtSelectionFlags(
+            select=tuple(str(tags[contract.SELECT_TAG]).split()) if tags.get(contract.SELECT_TAG) else (),
+            exclude=tuple(str(tags[contract.EXCLUDE_TAG]).split()) if tags.get(contract.EXCLUDE_TAG) else (),
+            selector=str(tags[contract.SELECTOR_TAG]) if tags.get(contract.SELECTOR_TAG) else None,
+        ),
+        is_full=(
+            not already_done
+            and assets_def.keys_by_output_name == assets_def.node_keys_by_output_name
+            and assets_def.check_specs_by_output_name == assets_def.node_check_specs_by_output_name
+        ),
+        deselected_checks=frozenset(
+            u
+            for check_key in set(assets_def.check_keys) - set(selected_checks)
+            if (u := contract.unique_id_of_check(assets_def, check_key))
+        ),
     )
-    is_full = (
-        not already_done
-        and assets_def.keys_by_output_name == assets_def.node_keys_by_output_name
-        and assets_def.check_specs_by_output_name == assets_def.node_check_specs_by_output_name
-    )
-    if is_full:
+    if plan.is_full:
         # The definition's own selection: readable, and dbt also runs tests that are not checks.
-        tags = context.op_execution_context.op.tags
-        for flag, tag in (
-            ("--select", contract.SELECT_TAG),
-            ("--exclude", contract.EXCLUDE_TAG),
-            ("--selector", contract.SELECTOR_TAG),
-        ):
-            if tags.get(tag):
-                plan.selection_args += [flag, tags[tag]]
+        plan.selection_args += plan.definition_flags.args()
     else:
         # Exactly the nodes asked for, by fully qualified name, and no test dbt would add on its own
         # (eager indirect selection can pull in a test whose other parent is not being built). The
@@ -115,3 +150,165 @@ def succeeded_in_run(context: AssetExecutionContext) -> frozenset[str]:
         if unique_id:
             done.add(unique_id)
     return frozenset(done)
+
+
+def _node(manifest: Mapping[str, Any], unique_id: str) -> Mapping[str, Any]:
+    return (manifest.get("nodes") or {}).get(unique_id) or (manifest.get("unit_tests") or {}).get(unique_id) or {}
+
+
+_DEFAULT_SELECT = ("fqn:*",)
+_BUILDABLE_REASON = (
+    "dbt's indirect selection (buildable) leaves this test out: one of its parents is neither built in "
+    "this run nor upstream of what is"
+)
+
+
+def resolve_plan(
+    plan: BuildPlan,
+    user: DbtSelectionFlags,
+    resolver: SelectionResolver,
+    common_args: list[str],
+    *,
+    stale_sources: Mapping[str, str] | None = None,
+) -> None:
+    """Decide, with dbt's own selector, exactly what this invocation runs; set ``plan.selection_args``
+    to the dbt arguments that run exactly that, ``plan.selected``, ``plan.not_selected`` (with the
+    reason) and ``plan.test_targets``.
+
+    - The whole definition without user selection flags runs the definition's selection as is.
+    - The whole definition with user flags, when the definition selects everything: the user's flags.
+    - Anything else (a Dagster subset, a retry, user flags over a narrowed definition, stale sources)
+      is the intersection of each selection, passed to dbt as the explicit node list: a subset's
+      models with dbt's ``buildable`` tests and their unit tests, never a test whose other parent is
+      not built.
+
+    Args:
+        plan: the step's plan (from :func:`plan_for_context`).
+        user: selection flags from the resource's ``extra_flags`` and the call's ``extra_args``.
+        resolver: dbt's selector for this invocation's environment.
+        common_args: the ``dbt`` arguments every command of this build gets (project, profile, vars).
+        stale_sources: source unique_id -> why it is stale; nodes downstream of one are left out.
+
+    Raises:
+        WatcherConfigError: dbt rejected a selection (its message says what to fix).
+    """
+
+    def resolve(flags: DbtSelectionFlags) -> frozenset[str]:
+        merged = dataclasses.replace(flags, state_args=user.state_args)
+        return resolver.resolve(SelectionQuery(merged, common_args))
+
+    definition = plan.definition_flags
+    definition_is_all = (
+        definition.select in ((), _DEFAULT_SELECT) and not definition.exclude and not definition.selector
+    )
+    reasons: dict[str, str] = {}
+    if plan.is_full and not user.selects_nodes and not stale_sources:
+        selected = resolve(definition)
+        readable = definition.args()
+    elif plan.is_full and definition_is_all and not stale_sources:
+        selected = resolve(user)
+        readable = user.args()
+        reasons = dict.fromkeys(frozenset(plan.targets) - selected, f"excluded by {user.describe()}")
+    else:
+        base = resolve(_subset_flags(plan)) if not plan.is_full else resolve(definition)
+        selected = base
+        if not plan.is_full and not definition_is_all:
+            selected &= resolve(definition)
+        if user.selects_nodes:
+            narrowed = selected & resolve(user)
+            reasons.update(dict.fromkeys(selected - narrowed, f"excluded by {user.describe()}"))
+            selected = narrowed
+        for source_id, why in sorted((stale_sources or {}).items()):
+            downstream = resolve(DbtSelectionFlags(select=(f"{_source_selector(plan.manifest, source_id)}+",)))
+            for unique_id in sorted(selected & downstream):
+                reasons.setdefault(unique_id, f"source {node_name(source_id)} is stale: {why}")
+            selected -= downstream
+        for unique_id in frozenset(plan.targets) - base:
+            reasons.setdefault(
+                unique_id, _BUILDABLE_REASON if is_test(unique_id) else "excluded by the definition's selection"
+            )
+        readable = None
+    plan.selected = selected
+    plan.not_selected = {
+        u: reasons.get(u, "not selected by dbt") for u in frozenset(plan.targets) - selected - plan.already_done
+    }
+    plan.test_targets = _test_targets(plan, selected)
+    plan.selection_args = readable if readable is not None else _explicit_selection(plan, resolve, selected)
+
+
+def _subset_flags(plan: BuildPlan) -> DbtSelectionFlags:
+    """A Dagster subset as dbt would build it: the selected models, seeds and snapshots with dbt's
+    ``buildable`` tests (and their unit tests); checks selected without their asset, by name; the
+    checks the Dagster selection left out, excluded."""
+    assets = {u for u, t in plan.targets.items() if t.asset_key is not None} - plan.already_done
+    asset_keys = {t.asset_key for t in plan.targets.values() if t.asset_key is not None}
+    orphan_checks = {
+        u
+        for u, t in plan.targets.items()
+        if t.check_key is not None and t.check_key.asset_key not in asset_keys and u not in plan.already_done
+    }
+    select = sorted(f for u in assets | orphan_checks if (f := plan.fqn_of(u)))
+    exclude = sorted(
+        f for u in plan.deselected_checks | (plan.already_done & set(plan.targets)) if (f := plan.fqn_of(u))
+    )
+    # An empty selection would mean "everything" to dbt: select nothing instead.
+    return DbtSelectionFlags(
+        select=tuple(select) or ("fqn:__dagster_watcher_nothing__",),
+        exclude=tuple(exclude),
+        indirect_selection="buildable",
+    )
+
+
+def _source_selector(manifest: Mapping[str, Any], source_id: str) -> str:
+    source = (manifest.get("sources") or {}).get(source_id) or {}
+    return f"source:{source.get('source_name')}.{source.get('name')}" if source else f"source:{source_id}"
+
+
+def _explicit_selection(plan: BuildPlan, resolve: Any, selected: frozenset[str]) -> list[str]:
+    """dbt arguments that select exactly ``selected``: each node by its fully qualified name, with no
+    indirect selection; verified with dbt's selector (a name also matches the nodes below it, e.g. a
+    model's unit tests), and whatever else it matches excluded by name."""
+    select = sorted(f for u in selected if (f := plan.fqn_of(u)))
+    if not select:
+        return ["--select", "fqn:__dagster_watcher_nothing__", "--indirect-selection", "empty"]
+    flags = DbtSelectionFlags(select=tuple(select), indirect_selection="empty")
+    extra = resolve(flags) - selected
+    if extra:
+        flags = DbtSelectionFlags(
+            select=flags.select,
+            exclude=tuple(sorted(f for u in extra if (f := plan.fqn_of(u)))),
+            indirect_selection="empty",
+        )
+    return flags.args()
+
+
+def _test_targets(plan: BuildPlan, selected: frozenset[str]) -> dict[str, NodeTarget]:
+    """Tests dbt runs that are no asset check of this step, with the assets their verdict goes on:
+    every parent (a singular test over two models, a test on a source), or a unit test's model."""
+    key_of = {t.unique_id: t.asset_key for t in plan.targets.values() if t.asset_key is not None}
+    out: dict[str, NodeTarget] = {}
+    for unique_id in sorted(selected):
+        if not is_test(unique_id) or unique_id in plan.targets:
+            continue
+        node = _node(plan.manifest, unique_id)
+        parents = list((node.get("depends_on") or {}).get("nodes") or [])
+        if unique_id.startswith("unit_test."):
+            parents = parents[:1]
+        keys = tuple(dict.fromkeys(k for p in parents if (k := key_of.get(p) or _asset_key_of(plan, p)) is not None))
+        if keys:
+            out[unique_id] = NodeTarget(
+                unique_id=unique_id, observe_keys=keys, test_name=str(node.get("name") or unique_id)
+            )
+    return out
+
+
+def _asset_key_of(plan: BuildPlan, unique_id: str) -> AssetKey | None:
+    """The asset key dagster-dbt's translator gives a node outside this step's targets (a source, a
+    model of another step)."""
+    props = (plan.manifest.get("nodes") or {}).get(unique_id) or (plan.manifest.get("sources") or {}).get(unique_id)
+    if not props:
+        return None
+    try:
+        return plan.translator.get_asset_key(props)
+    except Exception:  # noqa: BLE001 - a translator that cannot name it: the verdict has no home
+        return None

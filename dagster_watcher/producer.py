@@ -20,12 +20,12 @@ from dagster import AssetExecutionContext, MetadataValue
 
 from . import contract
 from ._compat import memoize_output_asset_keys
-from .dagster_mapping import DagsterNodeEvent, describe_failure, to_dagster_event
+from .dagster_mapping import DagsterNodeEvent, describe_failure, to_dagster_events
 from .dbt_normalizer import DbtEventNormalizer
 from .errors import DbtDidNotComplete, NodesDidNotSucceed
 from .invocation import DbtInvocation, InvocationExit
 from .planning import BuildPlan, plan_for_context, succeeded_in_run
-from .status import NodeResult, NodeStatus, lost_result
+from .status import NodeResult, NodeStatus, lost_result, not_selected_result
 
 
 def start_step(context: AssetExecutionContext) -> BuildPlan | None:
@@ -56,13 +56,14 @@ class _Progress:
     """A live progress line per node on stdout (compute logs / terminal), never in the event log."""
 
     def __init__(self, plan: BuildPlan, enabled: bool) -> None:
-        self.total = len(plan.expected)
+        self.expected = plan.expected
+        self.total = len(self.expected)
         self.done = 0
         self.enabled = enabled
         self.plan = plan
 
     def node(self, result: NodeResult) -> None:
-        if result.unique_id in self.plan.targets:
+        if result.unique_id in self.expected:
             self.done += 1
         if not self.enabled:
             return
@@ -97,10 +98,17 @@ class NodeResultSource(Protocol):
 class DbtResultSource:
     """A dbt invocation (in-process or subprocess) whose raw events go through the normaliser."""
 
-    def __init__(self, invocation: DbtInvocation, manifest: Mapping[str, Any], target_path: Path | None) -> None:
+    def __init__(
+        self,
+        invocation: DbtInvocation,
+        manifest: Mapping[str, Any],
+        target_path: Path | None,
+        expected: frozenset[str] = frozenset(),
+    ) -> None:
         self.invocation = invocation
         self.mode = invocation.mode
         self.normalizer = DbtEventNormalizer(manifest, target_path=target_path)
+        self.expected = expected
 
     @property
     def exit(self) -> InvocationExit | None:
@@ -110,12 +118,48 @@ class DbtResultSource:
         for raw in self.invocation.stream():
             yield from self.normalizer.feed(raw.name, raw.data, raw.invocation_id)
         yield from self.normalizer.release_held()
+        yield from self.normalizer.unreported(self.expected)
 
     def release_held(self) -> list[NodeResult]:
         return self.normalizer.release_held()
 
     def cancel(self) -> None:
         self.invocation.cancel()
+
+
+class FailedBeforeStart:
+    """The source of a step whose work could not start (dbt rejected the selection or the profile, the
+    BigQuery compile failed): nothing is reported, so every expected node is recorded as lost and the
+    step fails with the error."""
+
+    def __init__(self, mode: str, error: str) -> None:
+        self.mode = mode
+        self.exit = InvocationExit(ok=False, completed=False, error=error)
+
+    def results(self) -> Iterator[NodeResult]:
+        return iter(())
+
+    def release_held(self) -> list[NodeResult]:
+        return []
+
+    def cancel(self) -> None:
+        pass
+
+
+class NothingToRun:
+    """The source of a step whose nodes dbt's selection all leaves out: dbt is not started."""
+
+    mode = "none"
+    exit = InvocationExit(ok=True, completed=True)
+
+    def results(self) -> Iterator[NodeResult]:
+        return iter(())
+
+    def release_held(self) -> list[NodeResult]:
+        return []
+
+    def cancel(self) -> None:
+        pass
 
 
 def stream_build(
@@ -125,10 +169,11 @@ def stream_build(
     *,
     progress: bool = True,
 ) -> Iterator[DagsterNodeEvent]:
-    """Run ``source`` and yield one Dagster event per node outcome as it is reported.
+    """Run ``source`` and yield each node outcome's Dagster events as it is reported.
 
-    Every selected node ends with exactly one outcome: what the source never reported is recorded as
-    lost. Materializations written before a failure stay.
+    Every planned node ends with exactly one outcome: what dbt's selection leaves out is recorded as
+    not selected before dbt starts; what the source never reported is recorded as lost.
+    Materializations written before a failure stay.
 
     Raises:
         DbtDidNotComplete: after every outcome is written, when the source did not run to the end.
@@ -141,17 +186,21 @@ def stream_build(
     def emit(result: NodeResult) -> Iterator[DagsterNodeEvent]:
         results.append(result)
         bar.node(result)
-        target = plan.targets.get(result.unique_id)
+        target = plan.target_of(result.unique_id)
         if target is None:
-            if not result.status.succeeded:
+            if result.status.is_failure:
                 context.log.warning(f"dbt {result.unique_id}: {describe_failure(result)}")
             return
-        if not result.status.succeeded:
+        if result.status.is_failure:
             context.log.error(f"{plan.name_of(result.unique_id)} ({result.unique_id}): {describe_failure(result)}")
-        event = to_dagster_event(result, target)
-        if event is not None:
-            yield event
+        yield from to_dagster_events(result, target)
 
+    for unique_id, reason in sorted(plan.not_selected.items()):
+        yield from emit(not_selected_result(unique_id, plan.manifest, reason))
+    if plan.not_selected:
+        context.log.info(
+            f"dagster-watcher: {len(plan.not_selected)} planned node(s) are not selected by dbt in this run"
+        )
     try:
         for result in source.results():
             yield from emit(result)
@@ -171,7 +220,7 @@ def stream_build(
         yield from emit(lost_result(unique_id, plan.manifest, invocation_id))
 
     exit_ = source.exit
-    failed = [r for r in results if r.unique_id in plan.targets and not r.status.succeeded]
+    failed = [r for r in results if plan.target_of(r.unique_id) is not None and r.status.is_failure]
     summary = _summary(plan, results, time.monotonic() - started)
     if progress:
         print(summary, flush=True)

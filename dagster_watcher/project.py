@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,14 @@ def profile_fingerprint(profiles_dir: str | os.PathLike[str], target: str | None
     return {
         "profiles_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "target": target,
-        "env": {name: os.environ.get(name) for name in names},
+        # Hashes, never values: profiles read passwords and tokens through env_var(), and this file lands
+        # in images and artifacts.
+        "env": {name: _digest(os.environ.get(name)) for name in names},
     }
+
+
+def _digest(value: str | None) -> str | None:
+    return None if value is None else "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def _fingerprint_path(manifest_path: Path) -> Path:
@@ -56,7 +64,7 @@ def _fingerprint_path(manifest_path: Path) -> Path:
 _GENERATED_AT = re.compile(rb'^\{\s*"metadata":\s*\{[^{}]*?"generated_at":\s*"([^"]+)"')
 
 
-def _generated_at(manifest_path: Path) -> str:
+def manifest_generated_at(manifest_path: Path) -> str:
     """Which parse wrote manifest.json. dbt writes ``metadata`` first, so it is read from the file's
     head: parsing a 5,000-node manifest (~15 MB) only for this cost every code load ~0.5 s."""
     with open(manifest_path, "rb") as f:
@@ -71,7 +79,7 @@ def recorded_fingerprint(manifest_path: Path) -> dict[str, Any] | None:
     manifest came from elsewhere, or was re-parsed since)."""
     try:
         data = json.loads(_fingerprint_path(manifest_path).read_text())
-        generated_at = _generated_at(manifest_path)
+        generated_at = manifest_generated_at(manifest_path)
     except (OSError, ValueError, KeyError):
         return None
     return data["fingerprint"] if data.get("generated_at") == generated_at else None
@@ -90,38 +98,131 @@ def manifest_is_stale(project: DbtProject) -> bool:
     return recorded_fingerprint(manifest) != profile_fingerprint(project.profiles_dir, project.target)
 
 
-def prepare_manifest(project: DbtProject, *, force: bool = False) -> Path:
+def prepare_manifest(project: DbtProject, *, force: bool = False, dbt_vars: Mapping[str, Any] | None = None) -> Path:
     """Return ``project.manifest_path``, running ``dbt parse`` in this process first if the manifest
     is missing or stale (or ``force``).
 
     Use it where dagster-dbt users call ``project.prepare_if_dev()``; unlike that, it also works
     outside ``dagster dev`` (a fresh clone, a test, a deployment that did not ship the manifest).
+
+    Args:
+        project: the dagster-dbt project.
+        force: parse even when the manifest looks current.
+        dbt_vars: vars to parse with, when a var decides what dbt parses (e.g. ``enabled`` configs);
+            builds must then pass the same values (a build with other values of such a var is refused).
+
+    Raises:
+        ManifestPreparationError: dbt could not parse the project.
+
+    Example::
+
+        project = DbtProject(project_dir="my_dbt_project")
+        prepare_manifest(project)
     """
-    if force or manifest_is_stale(project):
+    parse_vars = dict(dbt_vars or {})
+    if force or manifest_is_stale(project) or _recorded_vars(Path(project.manifest_path)) != parse_vars:
+        project_dir = Path(project.project_dir).absolute()
         args = [
             "parse",
             "--quiet",
             "--project-dir",
-            os.fspath(project.project_dir),
+            os.fspath(project_dir),
             "--profiles-dir",
-            os.fspath(project.profiles_dir),
+            os.fspath(Path(project.profiles_dir).absolute()),
             "--target-path",
-            os.fspath(project.target_path),
+            os.fspath(Path(project.target_path).absolute()),
         ]
         if project.target:
             args += ["--target", project.target]
-        parse_in_process(args)
+        if parse_vars:
+            args += ["--vars", json.dumps(parse_vars)]
+        parse_in_process(args, cwd=project_dir)
         manifest = Path(project.manifest_path)
         _fingerprint_path(manifest).write_text(
             json.dumps(
                 {
-                    "generated_at": _generated_at(manifest),
+                    "generated_at": manifest_generated_at(manifest),
                     "fingerprint": profile_fingerprint(project.profiles_dir, project.target),
+                    "vars": parse_vars,
                 },
                 indent=1,
             )
         )
     return Path(project.manifest_path)
+
+
+def _recorded_vars(manifest_path: Path) -> dict[str, Any]:
+    """The vars the manifest was parsed with by :func:`prepare_manifest` (none for any other parse)."""
+    try:
+        data = json.loads(_fingerprint_path(manifest_path).read_text())
+        if data.get("generated_at") != manifest_generated_at(manifest_path):
+            return {}
+    except (OSError, ValueError, KeyError):
+        return {}
+    return dict(data.get("vars") or {})
+
+
+# A var read here is read while dbt parses: its value decides which nodes exist and how they are
+# configured (enabled, materialized, tags), so a build with another value runs another graph.
+_VAR_CALL = re.compile(r"""\bvar\(\s*['"]([^'"]+)['"]""")
+_CONFIG_BLOCK = re.compile(r"\{\{\s*config\((.*?)\)\s*\}\}", re.DOTALL)
+
+
+def parse_time_vars(project_dir: Path) -> dict[str, str]:
+    """Vars dbt reads while parsing, by name -> the first file that reads one: ``dbt_project.yml``,
+    properties files (.yml) and ``config()`` blocks of models. Vars read only in SQL bodies, hooks or
+    macros are read at run time and do not count."""
+    found: dict[str, str] = {}
+    for root, dirs, files in os.walk(project_dir):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")]
+        for name in sorted(files):
+            ext = os.path.splitext(name)[1]
+            if ext not in (".yml", ".yaml", ".sql"):
+                continue
+            path = os.path.join(root, name)
+            try:
+                text = Path(path).read_text(errors="replace")
+            except OSError:
+                continue
+            chunks = _CONFIG_BLOCK.findall(text) if ext == ".sql" else [text]
+            for chunk in chunks:
+                for var in _VAR_CALL.findall(chunk):
+                    found.setdefault(var, os.path.relpath(path, project_dir))
+    return found
+
+
+def check_parse_time_vars(project: DbtProject | None, project_dir: str, build_vars: Mapping[str, Any]) -> None:
+    """Refuse a build whose vars would make dbt parse a different graph than the definitions show.
+
+    Raises:
+        WatcherConfigError: naming the var, the file that reads it at parse time, and the fix.
+    """
+    if not build_vars:
+        return
+    parsed_with = _recorded_vars(Path(project.manifest_path)) if project is not None else {}
+    readers = parse_time_vars(Path(project_dir))
+    for var, value in sorted(build_vars.items()):
+        if var in readers and parsed_with.get(var) != value:
+            raise WatcherConfigError(
+                f"dbt var {var!r} is read while dbt parses the project ({readers[var]}), so its value "
+                "decides which nodes exist; the definitions were made from a parse "
+                f"{'with ' + var + '=' + json.dumps(parsed_with[var]) if var in parsed_with else 'without it'}. "
+                f"Parse with the same value (prepare_manifest(project, dbt_vars={{{var!r}: ...}})) and give "
+                "builds that value, or read the var only at run time (in SQL, hooks or macros)."
+            )
+
+
+def manifest_older_than_project(manifest: Mapping[str, Any], project_dir: Path) -> bool:
+    """True when a file dbt parses changed after ``manifest`` was generated."""
+    generated = (manifest.get("metadata") or {}).get("generated_at")
+    if not generated:
+        return False
+    try:
+        parsed_at = datetime.fromisoformat(str(generated).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    # dbt stamps generated_at when the parse starts; a file saved during the parse is not in it either.
+    return _newest_input_mtime(project_dir) > parsed_at + 1.0
 
 
 def project_kwargs(project_dir: str | os.PathLike[str] | DbtProject, kwargs: dict[str, Any]) -> dict[str, Any]:

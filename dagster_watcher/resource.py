@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,21 +11,26 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from dagster import AssetExecutionContext, ConfigurableResource
+from dagster import AssetExecutionContext, AssetObservation, ConfigurableResource
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
 from .dagster_mapping import DagsterNodeEvent
-from .errors import WatcherConfigError
+from .errors import DbtSelectionError, WatcherConfigError
+from .freshness import SourceFreshness
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
-from .producer import DbtResultSource, start_step, stream_build
+from .planning import BuildPlan, resolve_plan
+from .producer import DbtResultSource, FailedBeforeStart, NothingToRun, start_step, stream_build
 from .project import (
+    check_parse_time_vars,
     checked_project_dir,
+    manifest_older_than_project,
     profile_fingerprint,
     profiles_dir_for,
     project_kwargs,
     recorded_fingerprint,
 )
+from .selection import DbtSelectionFlags, SelectionResolver
 
 InvocationMode = Literal["auto", "runner", "subprocess"]
 
@@ -70,6 +76,24 @@ class DbtWatcherResource(ConfigurableResource):
         default_factory=list, description="More `dbt build` flags, e.g. ['--full-refresh', '--fail-fast']."
     )
     progress: bool = Field(default=True, description="Print a progress line per node and a summary to stdout.")
+    state_path: str | None = Field(
+        default=None,
+        description=(
+            "Folder with the manifest.json of a previous (e.g. production) build, for `state:` selection and "
+            "--defer (slim CI). Given to dbt as --state when a selection uses state or defer is on. "
+            "Default: the DbtProject's state_path."
+        ),
+    )
+    defer: bool = Field(
+        default=False, description="Pass --defer: refs to nodes not built in this run resolve to the state's relations."
+    )
+    skip_stale_sources: bool = Field(
+        default=False,
+        description=(
+            "Run `dbt source freshness` for the sources the build reads first; models downstream of a source "
+            "whose freshness is `error` are left out of the build (recorded as not_selected, the source named)."
+        ),
+    )
     target_path: str | None = Field(
         default=None,
         description=(
@@ -79,6 +103,8 @@ class DbtWatcherResource(ConfigurableResource):
     )
 
     def __init__(self, project_dir: str | Path | DbtProject, **kwargs: Any) -> None:
+        if isinstance(project_dir, DbtProject) and project_dir.state_path is not None:
+            kwargs.setdefault("state_path", os.fspath(project_dir.state_path))
         super().__init__(**project_kwargs(project_dir, kwargs))
 
     @field_validator("project_dir")
@@ -119,29 +145,56 @@ class DbtWatcherResource(ConfigurableResource):
     def resolved_target_path(self) -> Path:
         return Path(self.target_path or Path(self.project_dir) / "target" / "dagster_watcher").absolute()
 
-    def build_args(
-        self, selection_args: Sequence[str], extra_args: Sequence[str] = (), dbt_vars: Mapping[str, Any] | None = None
-    ) -> list[str]:
-        """The `dbt build` arguments for a selection (without the executable)."""
-        args = ["build", "--project-dir", self.project_dir, "--target-path", os.fspath(self.resolved_target_path())]
+    def common_args(self, dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
+        """The arguments every dbt command of a build gets: project, profile, target, vars."""
+        args = ["--project-dir", self.project_dir]
         profiles_dir = profiles_dir_for(self.project_dir, self.profiles_dir)
         if profiles_dir:
             args += ["--profiles-dir", profiles_dir]
         if self.target:
             args += ["--target", self.target]
-        if self.threads:
-            args += ["--threads", str(self.threads)]
-        merged_vars = {**self.dbt_vars, **(dbt_vars or {})}
+        merged_vars = self.merged_vars(dbt_vars)
         if merged_vars:
             args += ["--vars", json.dumps(merged_vars)]
-        return [*args, *self.extra_flags, *extra_args, *selection_args]
+        return args
+
+    def merged_vars(self, dbt_vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {**self.dbt_vars, **(dbt_vars or {})}
+
+    def user_flags(self, extra_args: Sequence[str] = ()) -> tuple[DbtSelectionFlags, list[str]]:
+        """The user's dbt flags (resource ``extra_flags``, then the call's ``extra_args``) split into
+        what selects nodes and the rest; ``state_path``/``defer`` added as dbt flags."""
+        flags, rest = DbtSelectionFlags.split([*self.extra_flags, *extra_args])
+        state = list(flags.state_args)
+        wants_state = (
+            self.defer
+            or "--defer" in state
+            or any("state:" in s or "result:" in s for s in (*flags.select, *flags.exclude))
+        )
+        if self.state_path and wants_state and "--state" not in state:
+            state += ["--state", self.state_path]
+        if self.defer and "--defer" not in state and "--no-defer" not in state:
+            state.append("--defer")
+        return dataclasses.replace(flags, state_args=tuple(state)), rest
 
     def make_invocation(self, args: Sequence[str], manifest: Mapping[str, Any] | None) -> DbtInvocation:
         # Anonymous usage stats would make dbt call out to the network on every invocation.
         env = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
         if self.resolved_mode() == "runner":
-            return RunnerInvocation(args, manifest=manifest, env=env)
+            return RunnerInvocation(args, manifest=manifest, env=env, cwd=self.project_dir)
         return SubprocessInvocation(args, dbt_executable=self._dbt_executable(), cwd=Path(self.project_dir), env=env)
+
+    def selection_resolver(self, manifest: Mapping[str, Any]) -> SelectionResolver:
+        """dbt's selector for this resource's environment (in this process when dbt is importable)."""
+        in_process = dbt_is_importable()
+        return SelectionResolver(
+            manifest,
+            target_path=os.fspath(self.resolved_target_path() / "selection"),
+            dbt_executable=None if in_process else self._dbt_executable(),
+            cwd=self.project_dir,
+            env={"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+            in_process=in_process,
+        )
 
     def _dbt_executable(self) -> str:
         found = shutil.which(self.dbt_executable)
@@ -162,34 +215,79 @@ class DbtWatcherResource(ConfigurableResource):
         *,
         extra_args: Sequence[str] = (),
         dbt_vars: Mapping[str, Any] | None = None,
-    ) -> Iterator[DagsterNodeEvent]:
+        skip_stale_sources: bool | None = None,
+    ) -> Iterator[DagsterNodeEvent | AssetObservation]:
         """Run ``dbt build`` for the step's selection and yield each node's Dagster event as it finishes.
 
-        Use it as the body of a :func:`dbt_watcher_assets` function::
+        What dbt runs is decided by dbt's own selector before it starts: the Dagster selection
+        intersected with the user's selection flags (``extra_flags``, ``extra_args``); planned nodes it
+        leaves out are recorded as ``not_selected``.
 
-            yield from dbt_watcher.build(context)
+        Args:
+            context: the asset step's context.
+            extra_args: more `dbt build` flags for this call (e.g. ``["--select", "state:modified+"]``).
+            dbt_vars: more ``--vars`` for this call.
+            skip_stale_sources: overrides the resource's ``skip_stale_sources`` for this call.
 
-        Raises :class:`dagster.Failure` once every outcome is recorded if any node did not succeed.
+        Raises:
+            NodesDidNotSucceed: once every outcome is recorded, when a node did not succeed.
+            DbtDidNotComplete: once every outcome is recorded, when dbt did not run to the end.
+            WatcherConfigError: a flag or var that cannot work (named in the message).
+
+        Example::
+
+            @dbt_watcher_assets(manifest=project.manifest_path, project=project)
+            def my_dbt(context: AssetExecutionContext, dbt_watcher: DbtWatcherResource):
+                yield from dbt_watcher.build(context)
         """
         plan = start_step(context)
         if plan is None:
             return
-        args = self.build_args(plan.selection_args, extra_args, dbt_vars)
+        merged_vars = self.merged_vars(dbt_vars)
+        check_parse_time_vars(plan.project, self.project_dir, merged_vars)
+        user, rest = self.user_flags(extra_args)
+        common = self.common_args(dbt_vars)
+        resolver = self.selection_resolver(plan.manifest)
+        stale: dict[str, str] = {}
+        if self.skip_stale_sources if skip_stale_sources is None else skip_stale_sources:
+            check = SourceFreshness(self, plan, resolver, common, user)
+            stale = yield from check.run(context)
+        try:
+            resolve_plan(plan, user, resolver, common, stale_sources=stale)
+        except DbtSelectionError as error:
+            # dbt refuses this build as it would refuse `dbt build` itself: the same failure, recorded
+            # the same way (every planned node lost, the step fails with dbt's message).
+            yield from stream_build(context, plan, FailedBeforeStart(self.resolved_mode(), str(error)), progress=False)
+            return
+        if not plan.expected:
+            context.log.info("dagster-watcher: dbt's selection runs none of this step's nodes; dbt is not started.")
+            yield from stream_build(context, plan, NothingToRun(), progress=self.progress)
+            return
+        args = ["build", *common, "--target-path", os.fspath(self.resolved_target_path())]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        args += [*rest, *user.state_args, *plan.selection_args]
         manifest: Mapping[str, Any] | None = plan.manifest
-        if self.resolved_mode() == "runner" and not self._manifest_matches_profile(plan.project):
-            # The definitions' manifest was parsed against another profile/target/environment: its
-            # relation names may point at another database. Let dbt parse for this build instead.
-            context.log.warning(
-                "dagster-watcher: the manifest was parsed for a different profile, target or environment "
-                "than this build uses; dbt parses the project for this build. Re-parse (prepare_manifest) "
-                "with the build's settings to skip this."
-            )
-            manifest = None
+        if self.resolved_mode() == "runner":
+            stale_reason = self._runner_manifest_problem(plan)
+            if stale_reason:
+                context.log.warning(f"dagster-watcher: {stale_reason}; dbt parses the project for this build.")
+                manifest = None
         invocation = self.make_invocation(args, manifest)
         context.log.info(f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode")
         yield from stream_build(
             context,
             plan,
-            DbtResultSource(invocation, plan.manifest, self.resolved_target_path()),
+            DbtResultSource(invocation, plan.manifest, self.resolved_target_path(), expected=plan.expected),
             progress=self.progress,
         )
+
+    def _runner_manifest_problem(self, plan: BuildPlan) -> str | None:
+        """Why runner mode must not execute the definition's manifest as it is, or None: it was parsed
+        for another profile/target/environment (relation names may point at another database), or the
+        project's files changed after it was parsed (subprocess mode would build the new SQL)."""
+        if not self._manifest_matches_profile(plan.project):
+            return "the manifest was parsed for a different profile, target or environment than this build uses"
+        if manifest_older_than_project(plan.manifest, Path(self.project_dir)):
+            return "project files changed after the definitions' manifest was parsed"
+        return None

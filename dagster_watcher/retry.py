@@ -114,6 +114,12 @@ def read_run_outcomes(instance: DagsterInstance, run_id: str) -> RunOutcomes:
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
             out.planned.add(key)
         elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
+            recorded = contract.recorded_outcome(materialization.metadata)
+            if recorded is not None and recorded.status is NodeStatus.PARTIAL_SUCCESS:
+                # Written, but with failed batches: still to be re-run.
+                out.failures[key] = recorded
+                continue
             out.materialized.add(key)
             out.failures.pop(key, None)
         else:
@@ -132,7 +138,12 @@ def retry_batch(
     that the run planned and did not materialize, except those that would fail the same way again
     (a non-retryable error) or that dbt skipped because of a failing *test* or a non-retryable node
     (re-running them would build on data a test rejected)."""
-    candidates = {k for k in outcomes.not_succeeded() if k in unique_id_of}
+    candidates = {
+        k
+        for k in outcomes.not_succeeded()
+        if k in unique_id_of
+        and not ((recorded := outcomes.failures.get(k)) is not None and recorded.status is NodeStatus.NOT_SELECTED)
+    }
     blocked_roots = {
         unique_id_of[key]
         for key in candidates
@@ -216,6 +227,11 @@ def decide_retry(
         what = "failed" if facts.recorded is not None else "not reported yet"
         return RetryVerdict(
             RetryAction.WAIT, f"{name}: {what} in run {run}, which is still in progress; waiting for it to end."
+        )
+    if facts.recorded is not None and facts.recorded.status is NodeStatus.NOT_SELECTED:
+        return RetryVerdict(
+            RetryAction.SETTLE,
+            f"{name}: not selected by dbt in run {run} ({facts.recorded.reason or 'no reason given'}); not retried.",
         )
     if facts.recorded is not None:
         status, error = facts.recorded.status, facts.recorded.error or ""

@@ -34,12 +34,28 @@ class NodeStatus(enum.StrEnum):
     SKIPPED = "skipped"
     """dbt skipped the node because an upstream node failed."""
     LOST = "lost"
-    """dbt never reported an outcome for a selected node (dbt crashed or was stopped)."""
+    """dbt never reported an outcome for a node it should have run (dbt crashed, was killed or stopped)."""
+    NOT_SELECTED = "not_selected"
+    """dbt's selection for this invocation leaves the node out (a user ``--exclude``, ``state:modified``,
+    a stale source...). Not a failure: never retried, never shown as materialized."""
+    PARTIAL_SUCCESS = "partial_success"
+    """A microbatch model built some batches and failed others: materialized, but dbt skips its
+    descendants and the failed batches still need a run."""
 
     @property
     def succeeded(self) -> bool:
-        """The node did its work (a warning test still ran)."""
+        """The node did all its work (a warning test still ran)."""
         return self in _SUCCEEDED
+
+    @property
+    def materializes(self) -> bool:
+        """The node's relation was written (a success, or a microbatch model's partial success)."""
+        return self in _SUCCEEDED or self is NodeStatus.PARTIAL_SUCCESS
+
+    @property
+    def is_failure(self) -> bool:
+        """The node should have done its work and did not: fails the step, may be retried."""
+        return self not in _SUCCEEDED and self is not NodeStatus.NOT_SELECTED
 
     @property
     def blocks_descendants(self) -> bool:
@@ -69,8 +85,8 @@ class NodeStatus(enum.StrEnum):
 
 
 _SUCCEEDED = frozenset({NodeStatus.SUCCESS, NodeStatus.WARN})
-_BLOCKING = frozenset({NodeStatus.ERROR, NodeStatus.FAIL, NodeStatus.LOST})
-_RAN = frozenset({NodeStatus.SUCCESS, NodeStatus.WARN, NodeStatus.FAIL, NodeStatus.ERROR})
+_BLOCKING = frozenset({NodeStatus.ERROR, NodeStatus.FAIL, NodeStatus.LOST, NodeStatus.PARTIAL_SUCCESS})
+_RAN = frozenset({NodeStatus.SUCCESS, NodeStatus.WARN, NodeStatus.FAIL, NodeStatus.ERROR, NodeStatus.PARTIAL_SUCCESS})
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,8 @@ class NodeResult:
     invocation_id: str | None = None
     skipped_because: tuple[str, ...] = ()
     """unique_ids of the failed upstream nodes that made dbt skip this node."""
+    failed_batches: tuple[str, ...] = ()
+    """A microbatch model's batches that failed (their start times), on a partial success."""
 
 
 LOST_MESSAGE = "dbt exited without reporting an outcome for this node (dbt crashed, was stopped, or never started it)."
@@ -110,6 +128,24 @@ def lost_result(unique_id: str, manifest: Mapping[str, Any], invocation_id: str 
         relation_name=node.get("relation_name"),
         invocation_id=invocation_id,
     )
+
+
+def not_selected_result(unique_id: str, manifest: Mapping[str, Any], reason: str) -> NodeResult:
+    """A planned node that dbt's selection for this invocation leaves out."""
+    node = (manifest.get("nodes") or {}).get(unique_id) or {}
+    return NodeResult(
+        unique_id=unique_id,
+        resource_type=node.get("resource_type", resource_type_of(unique_id)),
+        status=NodeStatus.NOT_SELECTED,
+        dbt_status="not selected",
+        message=reason,
+        relation_name=node.get("relation_name"),
+    )
+
+
+def is_test(unique_id: str) -> bool:
+    """A data test or a unit test (its outcome gates the models after it)."""
+    return unique_id.startswith(("test.", "unit_test."))
 
 
 def resource_type_of(unique_id: str) -> str:

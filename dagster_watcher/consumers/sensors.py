@@ -313,7 +313,7 @@ def _run_facts_from_rows(instance: Any, key: AssetKey, run_id: str, planned_stor
     after = AssetRecordsFilter(asset_key=key, after_storage_id=planned_storage_id)
     if any(r.run_id == run_id for r in instance.fetch_materializations(after, limit=5).records):
         return _RunFacts(run_id, record, True, None)
-    for r in instance.fetch_observations(after, limit=5).records:
+    for r in instance.fetch_observations(after, limit=100).records:
         recorded = contract.recorded_outcome(r.asset_observation.metadata if r.asset_observation else None)
         if r.run_id == run_id and recorded is not None:
             return _RunFacts(run_id, record, False, recorded)

@@ -3,6 +3,7 @@ OS can fork (else in a thread of this process)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -59,8 +60,10 @@ class RunnerInvocation(DbtInvocation):
         env: Mapping[str, str] | None = None,
         lock_timeout: float | None = None,
         fork: bool | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(args, env=env)
+        self.cwd = cwd
         self.manifest_json = manifest
         self.lock_timeout = lock_timeout
         self.fork = hasattr(os, "fork") if fork is None else fork
@@ -90,25 +93,23 @@ class RunnerInvocation(DbtInvocation):
                 "one in-process invocation at a time; use the multiprocess executor or "
                 "invocation_mode='subprocess' to run dbt builds side by side."
             )
-        saved_env = {k: os.environ.get(k) for k in self.env}
         try:
-            manifest = dbt_manifest_from_json(self.manifest_json) if self.manifest_json else None
-            os.environ.update(self.env)
-            # Fork only to execute a manifest built here: a child that had to parse would use dbt's
-            # Rust static parser, whose thread pool (started by an earlier parse in this process)
-            # does not survive a fork and deadlocks the child.
-            if self.fork and manifest is not None:
-                yield from self._stream_forked(manifest)
-            else:
-                yield from self._stream_threaded(manifest)
+            # The working directory changes only where dbt runs: in the forked child, or around the
+            # thread in this process (never for the writer's whole build).
+            with _dbt_process_state(self.env, None):
+                manifest = dbt_manifest_from_json(self.manifest_json) if self.manifest_json else None
+                # Fork only to execute a manifest built here: a child that had to parse would use
+                # dbt's Rust static parser, whose thread pool (started by an earlier parse in this
+                # process) does not survive a fork and deadlocks the child.
+                try:
+                    if self.fork and manifest is not None:
+                        yield from self._stream_forked(manifest)
+                    else:
+                        with _working_directory(self.cwd):
+                            yield from self._stream_threaded(manifest)
+                finally:
+                    self.cancel_if_running()
         finally:
-            self.cancel_if_running()
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            release_adapter_handles()
             _DBT_PROCESS_LOCK.release()
 
     # -- forked child ----------------------------------------------------------------------------
@@ -136,6 +137,8 @@ class RunnerInvocation(DbtInvocation):
     def _run_child(self, manifest: Any, write_fd: int) -> None:
         """The forked child: run dbt, stream events, report how it ended, and never return."""
         signal.signal(signal.SIGINT, signal.default_int_handler)  # dbt's Ctrl-C handling stops the build
+        if self.cwd is not None:
+            os.chdir(self.cwd)
         out = os.fdopen(write_fd, "w", encoding="utf-8")
         write_lock = threading.Lock()
         final: dict[str, Any] = {"success": False, "completed": False}
@@ -282,23 +285,73 @@ class RunnerInvocation(DbtInvocation):
             self._thread.join(timeout=30)
 
 
-def parse_in_process(args: Sequence[str]) -> None:
-    """Run ``dbt parse`` through dbtRunner (serialised with builds), raising a clear error if it fails."""
+@contextlib.contextmanager
+def _dbt_process_state(env: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Environment and working directory for an in-process dbt call (the caller holds the process
+    lock), restored afterwards; dbt's adapter handles are released as a dbt process's exit would.
+
+    The working directory is the project's, as for a `dbt` process started by subprocess mode or by
+    dagster-dbt: dbt-duckdb resolves a relative database path against it."""
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with _working_directory(cwd):
+            yield
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        release_adapter_handles()
+
+
+@contextlib.contextmanager
+def _working_directory(cwd: str | os.PathLike[str] | None) -> Iterator[None]:
+    if cwd is None:
+        yield
+        return
+    saved = os.getcwd()
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(saved)
+
+
+_QUIET_ENV = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+
+
+def run_in_process(
+    args: Sequence[str],
+    *,
+    manifest_json: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> tuple[Any, str | None]:
+    """One short dbt command through dbtRunner in this process (serialised with builds), e.g. ``ls``
+    over the definition's manifest. Returns (dbt's result payload, None) or (None, the error)."""
     from dbt.cli.main import dbtRunner
 
-    with _DBT_PROCESS_LOCK:
-        saved = os.environ.get("DBT_SEND_ANONYMOUS_USAGE_STATS")
-        os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    with _DBT_PROCESS_LOCK, _dbt_process_state({**_QUIET_ENV, **(env or {})}, cwd):
+        manifest = dbt_manifest_from_json(manifest_json) if manifest_json else None
         try:
-            result = dbtRunner().invoke(list(args))
-        finally:
-            release_adapter_handles()
-            if saved is None:
-                os.environ.pop("DBT_SEND_ANONYMOUS_USAGE_STATS", None)
-            else:
-                os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = saved
+            result = dbtRunner(manifest=manifest).invoke(list(args))
+        except BaseException as exc:  # noqa: BLE001 - returned, as dbtRunner itself does
+            return None, describe_exception(exc)
+    if result.exception is not None:
+        return None, describe_exception(result.exception)
     if not result.success:
-        raise ManifestPreparationError(
-            f"`dbt {' '.join(args)}` failed: "
-            f"{describe_exception(result.exception) if result.exception else 'see the dbt output above'}"
-        )
+        return result.result, "dbt reported a failure (see the dbt output above)"
+    return result.result, None
+
+
+def parse_in_process(args: Sequence[str], *, cwd: str | os.PathLike[str] | None = None) -> None:
+    """Run ``dbt parse`` through dbtRunner (serialised with builds).
+
+    Raises:
+        ManifestPreparationError: dbt could not parse the project (the message is dbt's).
+    """
+    _, error = run_in_process(args, cwd=cwd)
+    if error is not None:
+        raise ManifestPreparationError(f"`dbt {' '.join(args)}` failed: {error}")

@@ -23,6 +23,7 @@ from dagster import (
 from dagster._core.execution.execution_result import ExecutionResult
 
 from dagster_watcher import DbtWatcherResource
+from dagster_watcher.contract import STATUS_KEY, TEST_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "example_project"
@@ -48,11 +49,24 @@ class WatcherRun:
         return [e.dagster_event.asset_key for e in self.events(DagsterEventType.ASSET_MATERIALIZATION)]  # type: ignore[union-attr,misc]
 
     def observations(self) -> dict[AssetKey, Mapping[str, Any]]:
+        """Each asset's own outcome observation (tests' verdicts observed on it are in test_observations)."""
         out: dict[AssetKey, Mapping[str, Any]] = {}
         for e in self.events(DagsterEventType.ASSET_OBSERVATION):
             obs = e.dagster_event.event_specific_data.asset_observation  # type: ignore[union-attr]
+            if TEST_KEY in obs.metadata or STATUS_KEY not in obs.metadata:
+                continue
             assert obs.asset_key not in out, f"two observations for {obs.asset_key}"
             out[obs.asset_key] = {k: v.value for k, v in obs.metadata.items()}
+        return out
+
+    def test_observations(self) -> list[tuple[AssetKey, Mapping[str, Any]]]:
+        """(asset, metadata) of every observation of a test's verdict: tests without an asset check on
+        each parent, unit tests on their model, checks dbt's selection left out on their asset."""
+        out = []
+        for e in self.events(DagsterEventType.ASSET_OBSERVATION):
+            obs = e.dagster_event.event_specific_data.asset_observation  # type: ignore[union-attr]
+            if TEST_KEY in obs.metadata:
+                out.append((obs.asset_key, {k: v.value for k, v in obs.metadata.items()}))
         return out
 
     def check_evaluations(self) -> dict[AssetCheckKey, Any]:
