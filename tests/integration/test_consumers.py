@@ -23,9 +23,7 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     RunRequest,
-    SensorDefinition,
     build_schedule_context,
-    build_sensor_context,
     define_asset_job,
     job,
     op,
@@ -41,7 +39,7 @@ from dagster_watcher import (
 from dagster_watcher.consumers._reads import SNAPSHOT_REFRESH_SECONDS
 from dagster_watcher.contract import ATTEMPT_TAG, RETRY_OF_TAG
 
-from ..support import EXAMPLE, REPO, run_watcher
+from ..support import EXAMPLE, REPO, Sensors, run_watcher
 
 ALL_ASSETS = {
     AssetKey(k)
@@ -69,29 +67,6 @@ def notify() -> None:
 @job(name="notify_job")
 def notify_job() -> None:
     notify()
-
-
-class Sensors:
-    """Evaluates consumer sensors the way the daemon does: with the stored cursor, tick after tick."""
-
-    def __init__(self, sensors: list[SensorDefinition], instance: DagsterInstance) -> None:
-        self.by_name = {s.name: s for s in sensors}
-        self.cursors: dict[str, str | None] = {name: None for name in self.by_name}
-        self.instance = instance
-
-    def tick(self, name: str, *, keep_cursor: bool = True) -> tuple[list[RunRequest], str | None]:
-        context = build_sensor_context(instance=self.instance, cursor=self.cursors[name], sensor_name=name)
-        result = self.by_name[name].evaluate_tick(context)
-        if keep_cursor:
-            self.cursors[name] = result.cursor
-        return list(result.run_requests or []), result.skip_message
-
-    def tick_all(self) -> list[tuple[str, RunRequest]]:
-        out = []
-        for name in self.by_name:
-            requests, _ = self.tick(name)
-            out += [(name, r) for r in requests]
-        return out
 
 
 def start_producer(tmp_path: Path, dbt_vars: dict[str, Any] | None = None, threads: int = 1) -> subprocess.Popen[bytes]:

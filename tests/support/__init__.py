@@ -18,6 +18,9 @@ from dagster import (
     DagsterEventType,
     DagsterInstance,
     EventLogEntry,
+    RunRequest,
+    SensorDefinition,
+    build_sensor_context,
     materialize,
 )
 from dagster._core.execution.execution_result import ExecutionResult
@@ -133,3 +136,26 @@ def copy_project(tmp_path: Path) -> Path:
     dest = tmp_path / "project"
     shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb", "*.py"))
     return dest
+
+
+class Sensors:
+    """Evaluates consumer sensors the way the daemon does: with the stored cursor, tick after tick."""
+
+    def __init__(self, sensors: list[SensorDefinition], instance: DagsterInstance) -> None:
+        self.by_name = {s.name: s for s in sensors}
+        self.cursors: dict[str, str | None] = {name: None for name in self.by_name}
+        self.instance = instance
+
+    def tick(self, name: str, *, keep_cursor: bool = True) -> tuple[list[RunRequest], str | None]:
+        context = build_sensor_context(instance=self.instance, cursor=self.cursors[name], sensor_name=name)
+        result = self.by_name[name].evaluate_tick(context)
+        if keep_cursor:
+            self.cursors[name] = result.cursor
+        return list(result.run_requests or []), result.skip_message
+
+    def tick_all(self) -> list[tuple[str, RunRequest]]:
+        out = []
+        for name in self.by_name:
+            requests, _ = self.tick(name)
+            out += [(name, r) for r in requests]
+        return out
