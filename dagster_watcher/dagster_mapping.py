@@ -92,8 +92,9 @@ def _success_metadata(result: NodeResult) -> dict[str, Any]:
     if response:
         metadata[c.ADAPTER_RESPONSE_KEY] = MetadataValue.json(response)
         rows = response.get("rows_affected")
-        if isinstance(rows, int) and rows >= 0:
-            metadata[c.ROWS_AFFECTED_KEY] = rows
+        # dbt reports it as a float (73.0) in both modes; a whole non-negative number is a row count.
+        if isinstance(rows, int | float) and not isinstance(rows, bool) and rows >= 0 and float(rows).is_integer():
+            metadata[c.ROWS_AFFECTED_KEY] = int(rows)
         metadata.update(_response_metadata(response))
     if result.relation_name:
         metadata[c.RELATION_NAME_KEY] = result.relation_name

@@ -32,6 +32,9 @@ from .project import (
 )
 from .selection import DbtSelectionFlags, SelectionResolver
 
+#: How the producer runs dbt: ``runner`` (in-process dbtRunner over the definition's manifest, in a
+#: forked child), ``subprocess`` (a `dbt` process whose JSON log is read), ``auto`` (runner when dbt
+#: is importable).
 InvocationMode = Literal["auto", "runner", "subprocess"]
 
 

@@ -6,6 +6,7 @@ is cheap."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import sys
@@ -297,6 +298,30 @@ def test_run_own_finalizers_when_multiprocessing_moved_them(monkeypatch: pytest.
     _compat.run_own_finalizers()
 
 
+def _write_manifest(path: Path, generated_at: str, nodes: int) -> None:
+    path.write_text(
+        json.dumps({"metadata": {"generated_at": generated_at}, "nodes": {f"model.p.m{i}": {} for i in range(nodes)}})
+    )
+
+
+def test_current_manifest_follows_a_reparse_through_dagster_dbts_cache(tmp_path: Path):
+    path = tmp_path / "manifest.json"
+    _write_manifest(path, "2026-01-01T00:00:00Z", 1)
+    assert len(_compat.current_manifest(path)["nodes"]) == 1
+    _write_manifest(path, "2026-01-02T00:00:00Z", 2)  # a new parse at the same path
+    assert len(_compat.current_manifest(path)["nodes"]) == 2, "never the first parse of a path forever"
+    assert _compat.current_manifest(path) is _compat.current_manifest(path), "still served from the cache"
+
+
+def test_current_manifest_reads_the_file_when_dagster_dbts_reader_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = tmp_path / "manifest.json"
+    _write_manifest(path, "2026-01-03T00:00:00Z", 3)
+    monkeypatch.setitem(sys.modules, "dagster_dbt.dbt_manifest", None)  # import fails
+    assert len(_compat.current_manifest(path)["nodes"]) == 3
+
+
 def test_every_compat_function_is_covered_here():
     """A new private access in _compat.py needs its fallback test in this file."""
     import inspect
@@ -317,5 +342,6 @@ def test_every_compat_function_is_covered_here():
         "dbt_manifest_from_json",
         "release_adapter_handles",
         "run_own_finalizers",
+        "current_manifest",
     }
     assert all(f"_compat.{name}" in source for name in public)
