@@ -13,7 +13,7 @@ from dagster import AssetCheckKey, AssetCheckResult, AssetCheckSeverity, AssetKe
 
 from dagster_watcher import contract as c
 from dagster_watcher.dagster_mapping import NodeTarget, describe_failure, to_dagster_events
-from dagster_watcher.status import LOST_MESSAGE, NodeResult, NodeStatus, lost_result, node_name
+from dagster_watcher.status import LOST_MESSAGE, NodeResult, NodeStatus, lost_result, node_name, not_selected_result
 
 from .recorded import FAILED_MODEL, MODES, WARN_TEST
 
@@ -234,3 +234,53 @@ def test_recorded_warn_test_becomes_a_warning_check(by_id: dict[str, dict[str, N
     assert isinstance(event, AssetCheckResult)
     assert event.passed is False and event.severity == AssetCheckSeverity.WARN
     assert plain(event.metadata)[c.FAILURE_COUNT_KEY] == 2
+
+
+# -- not selected, tests without checks -------------------------------------------------------------
+
+
+def test_not_selected_asset_is_one_observation_with_the_reason_and_never_a_failure_record():
+    result = not_selected_result("model.shop.orders", {}, "excluded by --exclude stg_payments+")
+    (event,) = to_dagster_events(result, target_for(model_result(NodeStatus.SUCCESS)))
+    assert isinstance(event, AssetObservation)
+    md = plain(event.metadata)
+    assert md[c.STATUS_KEY] == "not_selected"
+    assert md[c.REASON_KEY] == "excluded by --exclude stg_payments+"
+    assert c.ERROR_KEY not in md
+    recorded = c.recorded_outcome(event.metadata)
+    assert recorded is not None and recorded.status is NodeStatus.NOT_SELECTED
+    assert recorded.reason == "excluded by --exclude stg_payments+"
+
+
+def test_not_selected_check_is_observed_on_its_asset_marked_as_the_tests():
+    result = not_selected_result("test.shop.unique_orders_order_id.fed79b3a6e", {}, "excluded by --exclude x")
+    check = AssetCheckKey(AssetKey("orders"), "unique_orders_order_id")
+    (event,) = to_dagster_events(result, NodeTarget(result.unique_id, check_key=check))
+    assert isinstance(event, AssetObservation) and event.asset_key == AssetKey("orders")
+    assert plain(event.metadata)[c.TEST_KEY] == "unique_orders_order_id"
+    assert c.recorded_outcome(event.metadata) is None, "says nothing about the asset's own outcome"
+    assert c.recorded_outcome(event.metadata, include_tests=True).status is NodeStatus.NOT_SELECTED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("status", "failures"), [(NodeStatus.SUCCESS, 0), (NodeStatus.FAIL, 1)])
+def test_a_test_without_a_check_leaves_its_verdict_on_each_parent(status: NodeStatus, failures: int):
+    result = NodeResult(
+        unique_id="test.shop.assert_revenue_matches_orders",
+        resource_type="test",
+        status=status,
+        dbt_status=status.value,
+        failures=failures,
+    )
+    parents = (AssetKey("daily_revenue"), AssetKey("orders"))
+    target = NodeTarget(result.unique_id, observe_keys=parents, test_name="assert_revenue_matches_orders")
+    events = to_dagster_events(result, target)
+    assert [e.asset_key for e in events] == list(parents)
+    for event in events:
+        md = plain(event.metadata)
+        assert (md[c.STATUS_KEY], md[c.FAILURE_COUNT_KEY], md[c.TEST_KEY]) == (
+            status.value,
+            failures,
+            "assert_revenue_matches_orders",
+        )
+    skipped = NodeResult(result.unique_id, "test", NodeStatus.SKIPPED, "skipped")
+    assert to_dagster_events(skipped, target) == [], "a test dbt skipped has no verdict"

@@ -258,3 +258,65 @@ def test_scrub_secrets_masks_only_secret_variables(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("DBT_PLAIN_VALUE", "visible-value")
     assert scrub_secrets(f"token={SECRET} other=visible-value") == f"token={MASK} other=visible-value"
     assert scrub_secrets("nothing secret") == "nothing secret"
+
+
+# -- unit tests, --fail-fast, microbatch -------------------------------------------------------------
+
+UNIT_TEST = "unit_test.shop.stg_payments.stg_payments_converts_cents_to_dollars"
+
+
+def _finished(unique_id: str, status: str, message: str | None = None, **run_result: object) -> RawDbtEvent:
+    return RawDbtEvent(
+        "NodeFinished",
+        {
+            "node_info": {"unique_id": unique_id, "resource_type": unique_id.split(".", 1)[0]},
+            "run_result": {"status": status, "message": message, **run_result},
+        },
+        "inv",
+    )
+
+
+def _graph_with_unit_test(graph: Mapping[str, Any]) -> dict[str, Any]:
+    return {**graph, "unit_tests": {UNIT_TEST: {"depends_on": {"nodes": ["model.shop.stg_payments"]}}}}
+
+
+def test_a_failed_unit_test_is_named_as_the_cause_of_its_model_and_descendants(graph: Mapping[str, Any]):
+    normalizer = DbtEventNormalizer(_graph_with_unit_test(graph))
+    (unit,) = normalizer.feed(*_as_args(_finished(UNIT_TEST, "fail", "actual differs from expected", failures=1)))
+    assert unit.status is NodeStatus.FAIL and unit.failures == 1
+    (model,) = normalizer.feed(*_as_args(_finished("model.shop.stg_payments", "skipped")))
+    (orders,) = normalizer.feed(*_as_args(_finished("model.shop.orders", "skipped")))
+    assert model.skipped_because == (UNIT_TEST,)
+    assert orders.skipped_because == (UNIT_TEST,)
+
+
+def test_fail_fast_skips_are_skipped_with_the_first_failure_named_never_lost(graph: Mapping[str, Any]):
+    normalizer = DbtEventNormalizer(graph)
+    normalizer.feed(*_as_args(_finished("model.shop.stg_customers", "error", "Runtime Error: boom")))
+    for _ in range(3):  # dbt names the nodes it skipped only in words, without the node
+        assert normalizer.feed("RunResultError", {"msg": "Skipping due to fail_fast"}, "inv") == []
+    rest = normalizer.unreported({"model.shop.customers", "model.shop.stg_customers"})
+    assert [r.unique_id for r in rest] == ["model.shop.customers"]
+    assert rest[0].status is NodeStatus.SKIPPED
+    assert rest[0].message == "skipped by dbt: --fail-fast stopped the build after stg_customers failed"
+
+
+def test_without_fail_fast_nothing_unreported_is_decided_by_the_normaliser(graph: Mapping[str, Any]):
+    assert DbtEventNormalizer(graph).unreported({"model.shop.customers"}) == []
+
+
+def test_microbatch_partial_success_materializes_names_failed_batches_and_blocks(graph: Mapping[str, Any]):
+    normalizer = DbtEventNormalizer(graph)
+    batches = {"successful": [["2026-01-01", "2026-01-02"]], "failed": [["2026-01-02", "2026-01-03"]]}
+    (result,) = normalizer.feed(
+        *_as_args(_finished("model.shop.orders", "partial success", "1 of 2 batches failed", batch_results=batches))
+    )
+    assert result.status is NodeStatus.PARTIAL_SUCCESS
+    assert result.status.materializes and result.status.blocks_descendants and not result.status.succeeded
+    assert result.failed_batches == ("2026-01-02",)
+    (child,) = normalizer.feed(*_as_args(_finished("model.shop.daily_revenue", "skipped")))
+    assert child.skipped_because == ("model.shop.orders",)
+
+
+def _as_args(event: RawDbtEvent) -> tuple[str, Mapping[str, Any], str | None]:
+    return event.name, event.data, event.invocation_id

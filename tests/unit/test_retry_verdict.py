@@ -35,6 +35,8 @@ UNIQUE_ID = {
     CUSTOMERS: "model.shop.customers",
 }
 FAILED_TEST = "test.shop.unique_orders_order_id.fed79b3a6e"
+UNIT_TEST = "unit_test.shop.stg_payments.stg_payments_converts_cents_to_dollars"
+NOT_SELECTED = RecordedOutcome(NodeStatus.NOT_SELECTED, reason="excluded by --exclude stg_payments+")
 
 RUNTIME_ERROR = RecordedOutcome(NodeStatus.ERROR, "Runtime Error in model stg_payments: boom")
 COMPILE_ERROR = RecordedOutcome(NodeStatus.ERROR, "Compilation Error in model stg_payments: 'x' is undefined")
@@ -85,6 +87,21 @@ BATCH_CASES = {
         policy=WatcherRetryPolicy(non_retryable=(r"Runtime Error",)),
     ),
     "lost-nodes-retried": BatchCase(failures={}, expected={STG, ORDERS, REVENUE}),
+    "skipped-because-a-unit-test-failed-not-retried": BatchCase(
+        failures={STG: skipped(UNIT_TEST), ORDERS: skipped(UNIT_TEST), REVENUE: skipped(UNIT_TEST)},
+        expected=set(),
+    ),
+    "not-selected-never-retried": BatchCase(
+        failures={STG: NOT_SELECTED, ORDERS: NOT_SELECTED, REVENUE: RUNTIME_ERROR},
+        expected={REVENUE},
+    ),
+    "partial-success-retried-with-what-it-skipped": BatchCase(
+        failures={
+            STG: RecordedOutcome(NodeStatus.PARTIAL_SUCCESS, "2 batches failed"),
+            ORDERS: skipped(UNIQUE_ID[STG]),
+        },
+        expected={STG, ORDERS, REVENUE},
+    ),
     "materialized-after-a-failure-record-not-retried": BatchCase(
         failures={STG: RUNTIME_ERROR}, expected={ORDERS, REVENUE}, materialized={RAW, CUSTOMERS, STG}
     ),
@@ -198,6 +215,13 @@ VERDICT_CASES = {
         "retry 2 in 10s",
     ),
     "retries-disabled-settles": VerdictCase(BASE, None, NOT_ASKED, RetryAction.SETTLE, "retries are disabled"),
+    "not-selected-settles-never-retried": VerdictCase(
+        replace(BASE, recorded=NOT_SELECTED),
+        DEFAULT,
+        NOT_ASKED,
+        RetryAction.SETTLE,
+        "not selected by dbt in run 01234567 (excluded by --exclude stg_payments+); not retried",
+    ),
     "not-in-the-runs-batch-settles": VerdictCase(
         replace(BASE, recorded=skipped(FAILED_TEST)),
         DEFAULT,
