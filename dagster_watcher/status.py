@@ -154,6 +154,11 @@ def resource_type_of(unique_id: str) -> str:
 
 
 def node_name(unique_id: str) -> str:
-    """``model.shop.stg_orders`` -> ``stg_orders`` (tests: their name without the hash)."""
+    """``model.shop.stg_orders`` -> ``stg_orders`` (tests: their name without the hash; unit tests,
+    ``unit_test.<package>.<model>.<name>``: their name; sources: ``<source>.<table>``)."""
     parts = unique_id.split(".")
+    if parts[0] == "unit_test" and len(parts) > 3:
+        return parts[-1]
+    if parts[0] == "source" and len(parts) > 3:
+        return f"{parts[2]}.{parts[3]}"
     return parts[2] if len(parts) > 2 else unique_id

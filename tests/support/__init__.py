@@ -100,6 +100,7 @@ def run_watcher(
     instance: DagsterInstance | None = None,
     tags: Mapping[str, str] | None = None,
     fresh_database: bool = True,
+    project_dir: Path = EXAMPLE,
     **resource_config: Any,
 ) -> WatcherRun:
     """Materialize the watcher assets with real dbt on a fresh DuckDB file and a real SQLite instance.
@@ -109,11 +110,11 @@ def run_watcher(
         for leftover in (database, database.with_name(database.name + ".wal")):
             leftover.unlink(missing_ok=True)
     if instance is None:
-        (tmp_path / "dagster_home").mkdir(exist_ok=True)
+        (tmp_path / "dagster_home").mkdir(parents=True, exist_ok=True)
         instance = DagsterInstance.local_temp(str(tmp_path / "dagster_home"))
     target_path = tmp_path / "dbt_target"
     resource = DbtWatcherResource(
-        project_dir=EXAMPLE,
+        project_dir=project_dir,
         invocation_mode=mode,  # type: ignore[arg-type]
         dbt_vars=dict(dbt_vars or {}),
         target_path=str(target_path),
