@@ -127,30 +127,23 @@ class DbtResultSource:
         self.invocation.cancel()
 
 
-class FailedBeforeStart:
-    """The source of a step whose work could not start (dbt rejected the selection or the profile, the
-    BigQuery compile failed): nothing is reported, so every expected node is recorded as lost and the
-    step fails with the error."""
+class NoWork:
+    """The source of a step in which nothing runs: dbt's selection leaves out every node
+    (:meth:`nothing_selected`), or the work could not start (:meth:`failed`: dbt rejected the
+    selection or the profile, the BigQuery compile failed), so every expected node is recorded as lost
+    and the step fails with the error."""
 
-    def __init__(self, mode: str, error: str) -> None:
+    def __init__(self, mode: str, exit: InvocationExit) -> None:
         self.mode = mode
-        self.exit = InvocationExit(ok=False, completed=False, error=error)
+        self.exit = exit
 
-    def results(self) -> Iterator[NodeResult]:
-        return iter(())
+    @classmethod
+    def nothing_selected(cls) -> NoWork:
+        return cls("none", InvocationExit(ok=True, completed=True))
 
-    def release_held(self) -> list[NodeResult]:
-        return []
-
-    def cancel(self) -> None:
-        pass
-
-
-class NothingToRun:
-    """The source of a step whose nodes dbt's selection all leaves out: dbt is not started."""
-
-    mode = "none"
-    exit = InvocationExit(ok=True, completed=True)
+    @classmethod
+    def failed(cls, mode: str, error: str) -> NoWork:
+        return cls(mode, InvocationExit(ok=False, completed=False, error=error))
 
     def results(self) -> Iterator[NodeResult]:
         return iter(())

@@ -20,7 +20,7 @@ from .errors import DbtSelectionError, WatcherConfigError
 from .freshness import SourceFreshness
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
 from .planning import BuildPlan, resolve_plan
-from .producer import DbtResultSource, FailedBeforeStart, NothingToRun, start_step, stream_build
+from .producer import DbtResultSource, NoWork, start_step, stream_build
 from .project import (
     check_parse_time_vars,
     checked_project_dir,
@@ -260,11 +260,11 @@ class DbtWatcherResource(ConfigurableResource):
         except DbtSelectionError as error:
             # dbt refuses this build as it would refuse `dbt build` itself: the same failure, recorded
             # the same way (every planned node lost, the step fails with dbt's message).
-            yield from stream_build(context, plan, FailedBeforeStart(self.resolved_mode(), str(error)), progress=False)
+            yield from stream_build(context, plan, NoWork.failed(self.resolved_mode(), str(error)), progress=False)
             return
         if not plan.expected:
             context.log.info("dagster-watcher: dbt's selection runs none of this step's nodes; dbt is not started.")
-            yield from stream_build(context, plan, NothingToRun(), progress=self.progress)
+            yield from stream_build(context, plan, NoWork.nothing_selected(), progress=self.progress)
             return
         args = ["build", *common, "--target-path", os.fspath(self.resolved_target_path())]
         if self.threads:

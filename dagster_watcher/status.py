@@ -118,28 +118,31 @@ LOST_MESSAGE = "dbt exited without reporting an outcome for this node (dbt crash
 
 def lost_result(unique_id: str, manifest: Mapping[str, Any], invocation_id: str | None = None) -> NodeResult:
     """The outcome of a selected node that nothing ever reported: never success, never silent."""
-    node = (manifest.get("nodes") or {}).get(unique_id) or {}
-    return NodeResult(
-        unique_id=unique_id,
-        resource_type=node.get("resource_type", resource_type_of(unique_id)),
-        status=NodeStatus.LOST,
-        dbt_status="not reported",
-        message=LOST_MESSAGE,
-        relation_name=node.get("relation_name"),
-        invocation_id=invocation_id,
-    )
+    return _unreported(unique_id, manifest, NodeStatus.LOST, "not reported", LOST_MESSAGE, invocation_id)
 
 
 def not_selected_result(unique_id: str, manifest: Mapping[str, Any], reason: str) -> NodeResult:
     """A planned node that dbt's selection for this invocation leaves out."""
+    return _unreported(unique_id, manifest, NodeStatus.NOT_SELECTED, "not selected", reason, None)
+
+
+def _unreported(
+    unique_id: str,
+    manifest: Mapping[str, Any],
+    status: NodeStatus,
+    dbt_status: str,
+    message: str,
+    invocation_id: str | None,
+) -> NodeResult:
     node = (manifest.get("nodes") or {}).get(unique_id) or {}
     return NodeResult(
         unique_id=unique_id,
         resource_type=node.get("resource_type", resource_type_of(unique_id)),
-        status=NodeStatus.NOT_SELECTED,
-        dbt_status="not selected",
-        message=reason,
+        status=status,
+        dbt_status=dbt_status,
+        message=message,
         relation_name=node.get("relation_name"),
+        invocation_id=invocation_id,
     )
 
 
