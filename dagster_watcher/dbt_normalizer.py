@@ -44,7 +44,7 @@ class RawDbtEvent:
 
 #: The only dbt event names the normaliser consumes. Invocation modes filter on this set as early as
 #: possible (in dbt's thread for the runner, by substring for the JSON log) so the ordered writer
-#: never sees the ~30 debug events dbt fires per node.
+#: never sees the dozens of debug events dbt fires per node.
 WANTED_EVENTS = frozenset({"NodeFinished", "RunResultError", "MainReportVersion"})
 
 
