@@ -130,7 +130,8 @@ def prepare_manifest(project: DbtProject, *, force: bool = False, dbt_vars: Mapp
             "--profiles-dir",
             os.fspath(Path(project.profiles_dir).absolute()),
             "--target-path",
-            os.fspath(Path(project.target_path).absolute()),
+            # Relative to the project, as dbt and DbtProject.manifest_path read it.
+            os.fspath(project_dir / project.target_path),
         ]
         if project.target:
             args += ["--target", project.target]
