@@ -163,12 +163,14 @@ class _FakeInvocation:
         from dagster_watcher.dbt_normalizer import RawDbtEvent
         from dagster_watcher.invocation import InvocationExit
 
-        nodes = self.manifest["nodes"]
-        order = [u for u in _topological(self.manifest) if u in self.expected]
+        nodes = {**self.manifest["nodes"], **(self.manifest.get("unit_tests") or {})}
+        # Unit tests first: dbt runs a model's unit tests before the model.
+        order = [u for u in self.manifest.get("unit_tests") or {} if u in self.expected]
+        order += [u for u in _topological(self.manifest) if u in self.expected]
         self.t_first = time.time()
         for i, unique_id in enumerate(order):
             node = nodes[unique_id]
-            is_test = node["resource_type"] == "test"
+            is_test = node["resource_type"] in ("test", "unit_test")
             now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000000Z"
             yield RawDbtEvent(
                 "NodeFinished",
@@ -237,6 +239,10 @@ def cmd_replay(out: str, ticks_out: str | None = None) -> int:
     # The plan's expected nodes are exactly the assets + checks of the definition.
     uids = {assets.get_asset_spec(k).metadata["dagster_dbt/unique_id"] for k in assets.keys}
     uids |= {(assets.get_spec_for_check_key(c).metadata or {}).get("dagster_dbt/unique_id") for c in assets.check_keys}
+    # Tests that are no asset check are recorded too (observed on their parents): report them as well.
+    manifest_json = json.loads(Path(bench_defs.project.manifest_path).read_text())
+    uids |= {u for u, n in manifest_json["nodes"].items() if n.get("resource_type") == "test"}
+    uids |= set(manifest_json.get("unit_tests") or {})
 
     class ReplayResource(DbtWatcherResource):
         def make_invocation(self, args, manifest):  # type: ignore[override]
