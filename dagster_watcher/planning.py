@@ -49,6 +49,8 @@ class BuildPlan:
     """What dbt will run, as dbt's selector resolved it (None until :func:`resolve_plan`)."""
     not_selected: dict[str, str] = field(default_factory=dict)
     """Planned nodes dbt's selection leaves out, with the reason."""
+    checks_with_built_parents: frozenset[str] = frozenset()
+    """Selected checks of a subset whose parents are all built (in this run or before it)."""
     deselected_checks: frozenset[str] = frozenset()
     """Tests of this definition's checks that the Dagster selection left out."""
     test_targets: dict[str, NodeTarget] = field(default_factory=dict)
@@ -135,7 +137,32 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
         fqns = sorted(".".join(nodes[u]["fqn"]) for u in plan.expected if u in nodes)
         if fqns:
             plan.selection_args += ["--select", *fqns, "--indirect-selection", "empty"]
+        plan.checks_with_built_parents = _checks_with_built_parents(context, plan)
     return plan
+
+
+def _checks_with_built_parents(context: AssetExecutionContext, plan: BuildPlan) -> frozenset[str]:
+    """The selected checks of a subset whose parents are all built: in this run, or before it (they
+    have a materialization). dbt runs these for the subset; a check with a parent that was never built
+    is left to dbt's buildable selection (which runs it only when that parent is upstream)."""
+    in_run = {t.asset_key for u, t in plan.targets.items() if t.asset_key is not None and u not in plan.already_done}
+    parents_of: dict[str, set[AssetKey]] = {}
+    for unique_id, target in plan.targets.items():
+        if target.check_key is None or unique_id in plan.already_done:
+            continue
+        parents = (_node(plan.manifest, unique_id).get("depends_on") or {}).get("nodes") or []
+        parents_of[unique_id] = {k for p in parents if p.split(".", 1)[0] != "source" and (k := _asset_key_of(plan, p))}
+    outside = sorted({k for keys in parents_of.values() for k in keys} - in_run, key=lambda k: k.to_user_string())
+    built = (
+        {
+            r.asset_entry.asset_key
+            for r in context.instance.get_asset_records(outside)
+            if r.asset_entry.last_materialization_record
+        }
+        if outside
+        else set()
+    )
+    return frozenset(u for u, keys in parents_of.items() if keys <= in_run | built)
 
 
 def succeeded_in_run(context: AssetExecutionContext) -> frozenset[str]:
@@ -158,8 +185,8 @@ def _node(manifest: Mapping[str, Any], unique_id: str) -> Mapping[str, Any]:
 
 _DEFAULT_SELECT = ("fqn:*",)
 _BUILDABLE_REASON = (
-    "dbt's indirect selection (buildable) leaves this test out: one of its parents is neither built in "
-    "this run nor upstream of what is"
+    "dbt's indirect selection (buildable) leaves this test out: one of its parents was never built and "
+    "is not built in this run"
 )
 
 
@@ -238,8 +265,9 @@ def resolve_plan(
 
 def _subset_flags(plan: BuildPlan) -> DbtSelectionFlags:
     """A Dagster subset as dbt would build it: the selected models, seeds and snapshots with dbt's
-    ``buildable`` tests (and their unit tests); checks selected without their asset, by name; the
-    checks the Dagster selection left out, excluded."""
+    ``buildable`` tests (and their unit tests); selected checks whose parents are all built (in this
+    run or before), and checks selected without their asset, by name; the checks the Dagster
+    selection left out, excluded."""
     assets = {u for u, t in plan.targets.items() if t.asset_key is not None} - plan.already_done
     asset_keys = {t.asset_key for t in plan.targets.values() if t.asset_key is not None}
     orphan_checks = {
@@ -247,7 +275,7 @@ def _subset_flags(plan: BuildPlan) -> DbtSelectionFlags:
         for u, t in plan.targets.items()
         if t.check_key is not None and t.check_key.asset_key not in asset_keys and u not in plan.already_done
     }
-    select = sorted(f for u in assets | orphan_checks if (f := plan.fqn_of(u)))
+    select = sorted(f for u in assets | orphan_checks | plan.checks_with_built_parents if (f := plan.fqn_of(u)))
     exclude = sorted(
         f for u in plan.deselected_checks | (plan.already_done & set(plan.targets)) if (f := plan.fqn_of(u))
     )

@@ -28,8 +28,15 @@ from typing import Any
 
 import pytest
 
-from ..support.deployment import GraphQLClient, key_str, metadata_dict, running_dagster_dev
-from .test_deployment import DBT_ASSETS, FAILING, dbt_nodes, latest_materialization, staged_workspace
+from ..support.deployment import GraphQLClient, key_str, metadata_dict, node_observations, running_dagster_dev
+from .test_deployment import (
+    DBT_ASSETS,
+    FAILING,
+    dbt_nodes,
+    latest_materialization,
+    latest_observation,
+    staged_workspace,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -195,8 +202,7 @@ def test_producer_failed_with_dbt_error_visible(daemon_retry: DaemonRetry) -> No
     d = daemon_retry
     assert d.producer["status"] == "FAILURE"
     observed = {
-        key_str(e["assetKey"]): metadata_dict(e["metadataEntries"])
-        for e in of_type(d.producer_events, "ASSET_OBSERVATION")
+        key_str(e["assetKey"]): metadata_dict(e["metadataEntries"]) for e in node_observations(d.producer_events)
     }
     assert set(observed) == RETRIED
     assert observed[FAILING]["dagster_watcher/status"] == "error"
@@ -208,7 +214,8 @@ def test_producer_failed_with_dbt_error_visible(daemon_retry: DaemonRetry) -> No
 
     # The catalog keeps dbt's error as the failed model's latest observation.
     node = dbt_nodes(d.assets)[FAILING]
-    obs = node["assetObservations"][0]
+    obs = latest_observation(node)
+    assert obs is not None
     assert obs["runId"] == d.producer["runId"]
     assert FLAKY_TEXT in metadata_dict(obs["metadataEntries"])["dagster_watcher/error"]
 
@@ -255,7 +262,7 @@ def test_retry_selected_the_failed_model_and_its_skipped_descendants_and_succeed
     assert asset_names(d.retry_events, "ASSET_MATERIALIZATION_PLANNED") == sorted(RETRIED)
     assert d.retry["status"] == "SUCCESS", [e.get("message") for e in of_type(d.retry_events, "STEP_FAILURE")]
     assert asset_names(d.retry_events, "ASSET_MATERIALIZATION") == sorted(RETRIED)
-    assert of_type(d.retry_events, "ASSET_OBSERVATION") == []
+    assert node_observations(d.retry_events) == []
     checks = {
         e["evaluation"]["checkName"]: e["evaluation"]["success"]
         for e in of_type(d.retry_events, "ASSET_CHECK_EVALUATION")
@@ -268,7 +275,13 @@ def test_retry_selected_the_failed_model_and_its_skipped_descendants_and_succeed
         kind, name = r["unique_id"].split(".")[0], r["unique_id"].split(".")[2]
         executed.setdefault(kind, set()).add(name)
         assert r["status"] in ("success", "pass"), r
-    assert executed == {"model": RETRIED, "test": RETRIED_CHECKS}
+    # Their tests as dbt builds them (issue 11): the checks, the test with no check over two of them,
+    # and stg_payments' unit test (its third part is the model it tests).
+    assert executed == {
+        "model": RETRIED,
+        "test": RETRIED_CHECKS | {"assert_revenue_matches_orders"},
+        "unit_test": {"stg_payments"},
+    }
 
 
 def test_every_model_materialized_and_the_flaky_model_ran_twice(daemon_retry: DaemonRetry) -> None:

@@ -33,6 +33,7 @@ from ..support.deployment import (
     DagsterDev,
     PostgresServer,
     chromium_capture,
+    is_test_verdict,
     key_str,
     metadata_dict,
     running_dagster_dev,
@@ -48,6 +49,12 @@ DBT_ASSETS = {
     "customers", "orders", "daily_revenue", "order_updates", "customers_snapshot",
 }  # fmt: skip
 N_CHECKS = 10
+#: dbt nodes that are no asset check but whose verdict is recorded (observed on their parent assets):
+#: the singular test over two models and the unit test.
+TESTS_WITHOUT_CHECK = {
+    "test.shop.assert_revenue_matches_orders",
+    "unit_test.shop.stg_payments.stg_payments_converts_cents_to_dollars",
+}
 WARN_CHECK = "not_null_stg_customers_email"
 FAILING = "stg_payments"
 FAIL_TEXT = "stg_payments failed on purpose"
@@ -104,8 +111,11 @@ class LaunchedRun:
         return [key_str(e["assetKey"]) for e in self.of_type("ASSET_MATERIALIZATION")]  # type: ignore[misc]
 
     def observations(self) -> dict[str, dict[str, Any]]:
+        """Each asset's own outcome observation (not the verdicts of tests observed on it)."""
         out: dict[str, dict[str, Any]] = {}
         for e in self.of_type("ASSET_OBSERVATION"):
+            if is_test_verdict(e):
+                continue
             name = key_str(e["assetKey"])
             assert name not in out, f"two observations of {name} in one run"
             out[name] = metadata_dict(e["metadataEntries"])  # type: ignore[index]
@@ -146,7 +156,8 @@ def latest_materialization(node: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def latest_observation(node: Mapping[str, Any]) -> dict[str, Any] | None:
-    found = node["assetObservations"]
+    """The asset's latest own-outcome observation (tests' verdicts observed on it are skipped)."""
+    found = [o for o in node["assetObservations"] if not is_test_verdict(o)]
     return found[0] if found else None
 
 
@@ -359,13 +370,19 @@ def test_postgres_stores_the_event_log(postgres_deployment: Deployment) -> None:
 
 
 def node_event_ids(run: LaunchedRun) -> list[str]:
-    """The dbt unique_id of every materialization and check evaluation, in event-log order."""
+    """The dbt unique_id of every node event (materialization, check evaluation, and the first
+    observation of a test's verdict: a test with no check is observed once per parent), in event-log
+    order."""
     out = []
-    for e in run.of_type("ASSET_MATERIALIZATION", "ASSET_CHECK_EVALUATION"):
+    for e in run.of_type("ASSET_MATERIALIZATION", "ASSET_CHECK_EVALUATION", "ASSET_OBSERVATION"):
         entries = (
-            e["metadataEntries"] if e["eventType"] == "ASSET_MATERIALIZATION" else e["evaluation"]["metadataEntries"]
+            e["evaluation"]["metadataEntries"] if e["eventType"] == "ASSET_CHECK_EVALUATION" else e["metadataEntries"]
         )
-        out.append(metadata_dict(entries)["unique_id"])
+        metadata = metadata_dict(entries)
+        if e["eventType"] == "ASSET_OBSERVATION" and "dagster_watcher/test" not in metadata:
+            continue
+        if metadata["unique_id"] not in out:
+            out.append(metadata["unique_id"])
     return out
 
 
@@ -374,7 +391,7 @@ def test_postgres_node_events_complete_and_in_dependency_order(postgres_deployme
     the events of the nodes it depends on (dbt starts a node only after its parents finished)."""
     run = postgres_deployment.ok
     events = node_event_ids(run)
-    assert len(events) == len(set(events)) == len(DBT_ASSETS) + N_CHECKS
+    assert len(events) == len(set(events)) == len(DBT_ASSETS) + N_CHECKS + len(TESTS_WITHOUT_CHECK)
     assert set(events) == {r["unique_id"] for r in run.run_results()}
 
     manifest = json.loads((postgres_deployment.project_dir / "target" / "manifest.json").read_text())
@@ -392,6 +409,8 @@ def test_postgres_node_events_complete_and_in_dependency_order(postgres_deployme
         return seen
 
     for uid, i in position.items():
+        if uid.startswith("unit_test."):
+            continue  # dbt runs a model's unit tests before the model they test
         early = [a for a in ancestors(uid) if a in position and position[a] > i]
         assert not early, f"{uid} was recorded before its upstream {early}"
 

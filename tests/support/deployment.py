@@ -343,6 +343,17 @@ class GraphQLError(RuntimeError):
     pass
 
 
+def is_test_verdict(observation: Mapping[str, Any]) -> bool:
+    """An observation of a test's verdict on an asset (a test with no check, a unit test), not the
+    asset's own outcome."""
+    return "dagster_watcher/test" in metadata_dict(observation.get("metadataEntries") or [])
+
+
+def node_observations(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The observations among ``events`` that record an asset's own outcome."""
+    return [e for e in events if e.get("eventType") == "ASSET_OBSERVATION" and not is_test_verdict(e)]
+
+
 def metadata_dict(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """GraphQL metadata entries -> {label: value} (the value field of whatever entry type it is)."""
     out: dict[str, Any] = {}
@@ -668,7 +679,16 @@ class GraphQLClient:
         stopped = []
         for sensor in self.sensors():
             if sensor["sensorState"]["status"] == "RUNNING":
-                self.stop_sensor(sensor)
+                for attempt in range(10):
+                    try:
+                        self.stop_sensor(sensor)
+                        break
+                    except GraphQLError as error:
+                        # The daemon stores a default-running sensor's state on its first tick; a stop
+                        # racing that write is refused ("already present in storage"): ask again.
+                        if "already present in storage" not in str(error) or attempt == 9:
+                            raise
+                        time.sleep(0.5)
                 stopped.append(sensor["name"])
         return stopped
 
@@ -687,7 +707,7 @@ class GraphQLClient:
                 assetKey {{ path }}
                 opNames
                 assetMaterializations(limit: 1) {{ runId timestamp metadataEntries {{ {METADATA_FIELDS} }} }}
-                assetObservations(limit: 1) {{
+                assetObservations(limit: 10) {{
                   runId timestamp description metadataEntries {{ {METADATA_FIELDS} }}
                 }}
                 assetChecksOrError {{
