@@ -43,6 +43,9 @@ NON_RETRYABLE_TAG = "dagster_watcher/non_retryable"
 #: Written by the producer once per step: where its process lives (consumers check liveness).
 PID_TAG = "dagster_watcher/pid"
 HOST_TAG = "dagster_watcher/host"
+#: Refreshed by the producer's writer while it builds (unix seconds): a run whose heartbeat is older
+#: than the consumers' timeout is dead, whatever host it runs on.
+HEARTBEAT_TAG = "dagster_watcher/heartbeat"
 #: Written on retry runs launched by consumer sensors.
 RETRY_OF_TAG = "dagster_watcher/retry_of"
 ATTEMPT_TAG = "dagster_watcher/attempt"
@@ -175,6 +178,21 @@ def liveness_from_tags(tags: Mapping[str, str]) -> tuple[int, str] | None:
         return None
     try:
         return int(pid), host
+    except ValueError:
+        return None
+
+
+def heartbeat_tags(now: float) -> dict[str, str]:
+    return {HEARTBEAT_TAG: f"{now:.3f}"}
+
+
+def heartbeat_from_tags(tags: Mapping[str, str]) -> float | None:
+    """Unix time of the producer's last heartbeat, or None when it wrote none (or a malformed one)."""
+    raw = tags.get(HEARTBEAT_TAG)
+    if not raw:
+        return None
+    try:
+        return float(raw)
     except ValueError:
         return None
 
