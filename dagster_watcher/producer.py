@@ -9,23 +9,25 @@ turns each result into one event. What the step plans comes from ``planning``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from dagster import AssetExecutionContext, MetadataValue
+from dagster import AssetExecutionContext, DagsterExecutionInterruptedError, MetadataValue
 
 from . import contract
 from ._compat import memoize_output_asset_keys
+from ._text import describe_exception, scrub_result, scrub_secrets
 from .dagster_mapping import DagsterNodeEvent, describe_failure, to_dagster_events
 from .dbt_normalizer import DbtEventNormalizer
 from .errors import DbtDidNotComplete, NodesDidNotSucceed
 from .invocation import DbtInvocation, InvocationExit
 from .planning import BuildPlan, plan_for_context, succeeded_in_run
-from .status import NodeResult, NodeStatus, lost_result, not_selected_result
+from .status import LOST_MESSAGE, NodeResult, NodeStatus, lost_result, not_selected_result
 
 
 def start_step(context: AssetExecutionContext) -> BuildPlan | None:
@@ -126,6 +128,10 @@ class DbtResultSource:
     def cancel(self) -> None:
         self.invocation.cancel()
 
+    def on_process_start(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` with dbt's pid when its process starts (on the caller's thread)."""
+        self.invocation.on_start = callback
+
 
 class NoWork:
     """The source of a step in which nothing runs: dbt's selection leaves out every node
@@ -175,25 +181,37 @@ def stream_build(
     bar = _Progress(plan, progress)
     results: list[NodeResult] = []
     started = time.monotonic()
+    log = _ScrubbedLog(context)
 
     def emit(result: NodeResult) -> Iterator[DagsterNodeEvent]:
+        # The one place every text of a node outcome is scrubbed, whatever source produced it.
+        result = scrub_result(result)
         results.append(result)
         bar.node(result)
         target = plan.target_of(result.unique_id)
         if target is None:
             if result.status.is_failure:
-                context.log.warning(f"dbt {result.unique_id}: {describe_failure(result)}")
+                log.warning(f"dbt {result.unique_id}: {describe_failure(result)}")
             return
         if result.status.is_failure:
-            context.log.error(f"{plan.name_of(result.unique_id)} ({result.unique_id}): {describe_failure(result)}")
+            log.error(f"{plan.name_of(result.unique_id)} ({result.unique_id}): {describe_failure(result)}")
         yield from to_dagster_events(result, target)
+
+    def unreported(message: str) -> Iterator[DagsterNodeEvent]:
+        reported = {r.unique_id for r in results}
+        invocation_id = next((r.invocation_id for r in results if r.invocation_id), None)
+        for unique_id in sorted(plan.expected - reported):
+            lost = lost_result(unique_id, plan.manifest, invocation_id)
+            yield from emit(dataclasses.replace(lost, message=message))
 
     for unique_id, reason in sorted(plan.not_selected.items()):
         yield from emit(not_selected_result(unique_id, plan.manifest, reason))
     if plan.not_selected:
-        context.log.info(
-            f"dagster-watcher: {len(plan.not_selected)} planned node(s) are not selected by dbt in this run"
-        )
+        log.info(f"dagster-watcher: {len(plan.not_selected)} planned node(s) are not selected by dbt in this run")
+    on_process_start = getattr(source, "on_process_start", None)
+    if on_process_start is not None:
+        run_id = context.run.run_id
+        on_process_start(lambda pid: context.instance.add_run_tags(run_id, contract.dbt_process_tags(pid)))
     try:
         for result in source.results():
             yield from emit(result)
@@ -201,37 +219,64 @@ def stream_build(
         # Dagster closed the step's generator: nothing more may be yielded; just stop the work.
         source.cancel()
         raise
-    except BaseException:
-        # Termination or any error on the writer's side: stop the work; record what is known; re-raise.
+    except BaseException as error:
+        # Termination or any error on the writer's side: stop the work (the source's own cleanup has
+        # waited for dbt to stop), record what is known and every other planned node as lost with the
+        # reason, then re-raise.
         source.cancel()
         for result in source.release_held():
             yield from emit(result)
+        if isinstance(error, DagsterExecutionInterruptedError | KeyboardInterrupt):
+            log.warning("dagster-watcher: the run was terminated; nodes without an outcome are recorded as lost")
+            yield from unreported(contract.RUN_TERMINATED)
+        else:
+            yield from unreported(f"{LOST_MESSAGE} The build stopped: {describe_exception(error)}")
         raise
-    reported = {r.unique_id for r in results}
-    invocation_id = next((r.invocation_id for r in results if r.invocation_id), None)
-    for unique_id in sorted(plan.expected - reported):
-        yield from emit(lost_result(unique_id, plan.manifest, invocation_id))
 
     exit_ = source.exit
+    lost_message = LOST_MESSAGE
+    if exit_ is not None and not exit_.completed and exit_.error:
+        # dbt's own words (a lock held by another process, a wrong target) on every affected node.
+        lost_message = f"{LOST_MESSAGE} dbt said: {exit_.error}"
+    yield from unreported(lost_message)
+
     failed = [r for r in results if plan.target_of(r.unique_id) is not None and r.status.is_failure]
-    summary = _summary(plan, results, time.monotonic() - started)
+    summary = scrub_secrets(_summary(plan, results, time.monotonic() - started))
     if progress:
         print(summary, flush=True)
     metadata = {"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)}
     if exit_ is not None and not exit_.completed:
         raise DbtDidNotComplete(
-            f"dbt did not complete ({source.mode} mode): {exit_.error}", mode=source.mode, metadata=metadata
+            scrub_secrets(f"dbt did not complete ({source.mode} mode): {exit_.error}"),
+            mode=source.mode,
+            metadata=metadata,
         )
     if failed:
         first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r)}" for r in failed[:5])
         more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
         retryable = any(r.status is not NodeStatus.ERROR or plan.retry_policy.is_retryable(r.message) for r in failed)
         raise NodesDidNotSucceed(
-            f"{len(failed)} dbt node(s) did not succeed: {first}{more}",
+            scrub_secrets(f"{len(failed)} dbt node(s) did not succeed: {first}{more}"),
             failed_nodes=[r.unique_id for r in failed],
             metadata=metadata,
             allow_retries=retryable,
         )
+
+
+class _ScrubbedLog:
+    """The step's log, every line scrubbed (the writer's texts are already; this covers the rest)."""
+
+    def __init__(self, context: AssetExecutionContext) -> None:
+        self._log = context.log
+
+    def info(self, text: str) -> None:
+        self._log.info(scrub_secrets(text))
+
+    def warning(self, text: str) -> None:
+        self._log.warning(scrub_secrets(text))
+
+    def error(self, text: str) -> None:
+        self._log.error(scrub_secrets(text))
 
 
 def _failure_table(plan: BuildPlan, failed: Sequence[NodeResult]) -> list[dict[str, Any]]:

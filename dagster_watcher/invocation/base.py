@@ -7,7 +7,7 @@ No mode touches Dagster: the caller's thread is the single writer (``producer.py
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..dbt_normalizer import RawDbtEvent
@@ -31,10 +31,19 @@ class DbtInvocation(abc.ABC):
 
     mode: str
     exit: InvocationExit | None = None
+    pid: int | None = None
+    """The process that runs dbt, once started (this process when dbt runs in a thread of it)."""
+    on_start: Callable[[int], None] | None = None
+    """Called on the caller's thread with :attr:`pid` as soon as dbt's process exists."""
 
     def __init__(self, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
         self.args = list(args)
         self.env = dict(env or {})
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+        if self.on_start is not None:
+            self.on_start(pid)
 
     @abc.abstractmethod
     def stream(self) -> Iterator[RawDbtEvent]:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .._compat import dbt_manifest_from_json, release_adapter_handles, run_own_finalizers
+from .._process import die_with_parent_in_forked_child
 from .._text import describe_exception
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import DbtDidNotComplete, ManifestPreparationError
@@ -116,12 +117,15 @@ class RunnerInvocation(DbtInvocation):
 
     def _stream_forked(self, manifest: Any) -> Iterator[RawDbtEvent]:
         read_fd, write_fd = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            die_with_parent_in_forked_child(parent)
             os.close(read_fd)
             self._run_child(manifest, write_fd)
         self._child = pid
         os.close(write_fd)
+        self.started(pid)
         final: dict[str, Any] | None = None
         with os.fdopen(read_fd, "r", encoding="utf-8") as pipe:
             for line in pipe:
@@ -215,6 +219,7 @@ class RunnerInvocation(DbtInvocation):
 
         self._thread = threading.Thread(target=self._run, args=(manifest,), name="dagster-watcher-dbt", daemon=True)
         self._thread.start()
+        self.started(os.getpid())
         while True:
             try:
                 item = self._queue.get(timeout=0.5)

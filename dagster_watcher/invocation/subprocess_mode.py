@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .._text import scrub_secrets
+from .._process import preexec_die_with_parent
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import WatcherConfigError
 from .base import DbtInvocation, InvocationExit
@@ -58,12 +58,15 @@ class SubprocessInvocation(DbtInvocation):
                 bufsize=1,
                 cwd=self.cwd,
                 env=env,
+                # dbt dies with this process (an OOM-killed step must not leave a dbt building).
+                preexec_fn=preexec_die_with_parent(os.getpid()),
             )
         except FileNotFoundError as exc:
             raise WatcherConfigError(
                 f"dbt executable {self.dbt_executable!r} was not found: set `dbt_executable` on the "
                 "DbtWatcherResource to the dbt of the environment that should run this project."
             ) from exc
+        self.started(self._process.pid)
         tail: collections.deque[str] = collections.deque(maxlen=40)
         last_error: str | None = None
         assert self._process.stdout is not None
@@ -100,7 +103,7 @@ class SubprocessInvocation(DbtInvocation):
             self.exit = InvocationExit(ok=code == 0, completed=True)
         else:
             # The last error dbt logged says what to fix; a crash's traceback is only its last lines.
-            detail = scrub_secrets(last_error or "\n".join(list(tail)[-8:]) or "no output")
+            detail = last_error or "\n".join(list(tail)[-8:]) or "no output"
             reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             self.exit = InvocationExit(ok=False, completed=False, error=f"dbt {reason}: {detail}")
 
