@@ -266,3 +266,34 @@ def test_duckdb_lock_holder_is_named_on_every_lost_node(
     errors = _lost_errors(run)
     assert errors and set(errors) <= set(shop_assets.keys)
     assert all("lock" in e.lower() and str(holder.pid) in e for e in errors.values()), errors
+
+
+# -- secrets never at rest -------------------------------------------------------------------------
+
+
+def _files_holding(root: Path, secret: str) -> list[str]:
+    needle = secret.encode()
+    return [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file() and needle in p.read_bytes()]
+
+
+@pytest.mark.parametrize("mode", ["runner", "subprocess"])
+def test_token_sentinel_is_nowhere_on_disk(
+    mode: str, shop_assets: AssetsDefinition, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example's BigQuery token variable holds a random sentinel. A build of the example (a model
+    failing on purpose), then a build whose profile puts the token inside dbt's own error text: the
+    sentinel is in no file of the Dagster home (event log, compute logs), the target path or the project."""
+    sentinel = f"dwtoken-{uuid.uuid4().hex}"
+    monkeypatch.setenv("DAGSTER_WATCHER_BQ_TOKEN", sentinel)
+    run = run_watcher(shop_assets, tmp_path / "example", mode=mode, dbt_vars={"fail_model": "stg_payments"})
+    assert not run.result.success and run.materialized(), "the example build ran"
+
+    project = copy_project(tmp_path / "broken")
+    profile = (project / "profiles.yml").read_text()
+    (project / "profiles.yml").write_text(
+        profile.replace("threads: 4", "threads: \"{{ env_var('DAGSTER_WATCHER_BQ_TOKEN') }}\"", 1)
+    )
+    broken = run_watcher(shop_assets, tmp_path / "broken", mode=mode, project_dir=project, profiles_dir=str(project))
+    assert not broken.result.success
+    assert "*****" in broken.step_failure_message(), "dbt's error (naming the token) reached Dagster masked"
+    assert _files_holding(tmp_path, sentinel) == []
