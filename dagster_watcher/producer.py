@@ -87,8 +87,9 @@ class NodeResultSource(Protocol):
     def exit(self) -> InvocationExit | None:
         """How the run ended; set once :meth:`results` is exhausted."""
 
-    def results(self) -> Iterator[NodeResult]:
-        """Start the work and yield terminal results in finish order, on the caller's thread."""
+    def results(self) -> Iterator[NodeResult | None]:
+        """Start the work and yield terminal results in finish order, on the caller's thread; None
+        (optionally) while the work is quiet, so the writer can beat its heartbeat."""
 
     def release_held(self) -> list[NodeResult]:
         """Results still held back (e.g. waiting for error text) when the work is stopped early."""
@@ -116,8 +117,11 @@ class DbtResultSource:
     def exit(self) -> InvocationExit | None:
         return self.invocation.exit
 
-    def results(self) -> Iterator[NodeResult]:
-        for raw in self.invocation.stream():
+    def results(self) -> Iterator[NodeResult | None]:
+        for raw in self.invocation.events():
+            if raw is None:
+                yield None
+                continue
             yield from self.normalizer.feed(raw.name, raw.data, raw.invocation_id)
         yield from self.normalizer.release_held()
         yield from self.normalizer.unreported(self.expected)
@@ -167,8 +171,12 @@ def stream_build(
     source: NodeResultSource,
     *,
     progress: bool = True,
+    heartbeat_interval: float = 0,
 ) -> Iterator[DagsterNodeEvent]:
     """Run ``source`` and yield each node outcome's Dagster events as it is reported.
+
+    Every ``heartbeat_interval`` seconds (0: never) while the source works, and once at its start,
+    this thread refreshes the run's heartbeat tag: a writer that is dead or stuck stops beating.
 
     Every planned node ends with exactly one outcome: what dbt's selection leaves out is recorded as
     not selected before dbt starts; what the source never reported is recorded as lost.
@@ -212,9 +220,12 @@ def stream_build(
     if on_process_start is not None:
         run_id = context.run.run_id
         on_process_start(lambda pid: context.instance.add_run_tags(run_id, contract.dbt_process_tags(pid)))
+    heartbeat = _Heartbeat(context, heartbeat_interval)
     try:
         for result in source.results():
-            yield from emit(result)
+            heartbeat.maybe()
+            if result is not None:
+                yield from emit(result)
     except GeneratorExit:
         # Dagster closed the step's generator: nothing more may be yielded; just stop the work.
         source.cancel()
@@ -261,6 +272,25 @@ def stream_build(
             metadata=metadata,
             allow_retries=retryable,
         )
+
+
+class _Heartbeat:
+    """The run's heartbeat tag, written by the writer's own thread (never dbt's): at start, then at
+    most once per ``interval`` seconds."""
+
+    def __init__(self, context: AssetExecutionContext, interval: float) -> None:
+        self._context = context
+        self._interval = interval
+        self._last = float("-inf")
+        self.maybe()
+
+    def maybe(self) -> None:
+        if self._interval <= 0:
+            return
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._context.instance.add_run_tags(self._context.run.run_id, contract.heartbeat_tags(time.time()))
 
 
 class _ScrubbedLog:

@@ -7,6 +7,8 @@ No mode touches Dagster: the caller's thread is the single writer (``producer.py
 from __future__ import annotations
 
 import abc
+import os
+import select
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,10 +47,44 @@ class DbtInvocation(abc.ABC):
         if self.on_start is not None:
             self.on_start(pid)
 
-    @abc.abstractmethod
+    idle_interval: float = 1.0
+    """Longest wait (seconds) for dbt before :meth:`events` yields None, so the caller's thread can do
+    its own periodic work (the producer's heartbeat) while dbt is quiet."""
+
     def stream(self) -> Iterator[RawDbtEvent]:
         """Start dbt and yield its wanted events in firing order until it exits."""
+        for event in self.events():
+            if event is not None:
+                yield event
+
+    @abc.abstractmethod
+    def events(self) -> Iterator[RawDbtEvent | None]:
+        """As :meth:`stream`, plus None whenever dbt said nothing for :attr:`idle_interval` seconds."""
 
     @abc.abstractmethod
     def cancel(self) -> None:
         """Ask dbt to stop (run termination). Safe to call from any thread, any number of times."""
+
+
+def read_lines(fd: int, idle: float) -> Iterator[str | None]:
+    """Lines (with their newline) read from ``fd`` until end of file, and None whenever nothing arrived
+    for ``idle`` seconds. Where ``select`` cannot wait on a pipe (Windows), lines only."""
+    if os.name == "nt":  # pragma: no cover - select() takes sockets only there
+        with os.fdopen(os.dup(fd), "rb") as f:
+            for raw in f:
+                yield raw.decode("utf-8", "replace")
+        return
+    pending = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], idle)
+        if not ready:
+            yield None
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            if pending:
+                yield pending.decode("utf-8", "replace")
+            return
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace") + "\n"

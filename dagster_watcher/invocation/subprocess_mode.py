@@ -14,7 +14,7 @@ from pathlib import Path
 from .._process import preexec_die_with_parent
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import WatcherConfigError
-from .base import DbtInvocation, InvocationExit
+from .base import DbtInvocation, InvocationExit, read_lines
 
 # Substrings of the JSON lines the writer must parse. Everything else is either printed (info and
 # above, so dbt's usual console output reaches the compute logs) or dropped without parsing.
@@ -40,22 +40,21 @@ class SubprocessInvocation(DbtInvocation):
         self.dbt_executable = dbt_executable
         self.cwd = cwd
         self.echo = echo
-        self._process: subprocess.Popen[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._cancelled = False
 
     def command(self) -> list[str]:
         # NodeFinished (which carries adapter_response and error text) is a debug-level event.
         return [self.dbt_executable, *self.args, "--log-format", "json", "--log-level", "debug"]
 
-    def stream(self) -> Iterator[RawDbtEvent]:
+    def events(self) -> Iterator[RawDbtEvent | None]:
         env = {**os.environ, **self.env}
         try:
             self._process = subprocess.Popen(
                 self.command(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                text=True,
-                bufsize=1,
+                bufsize=0,
                 cwd=self.cwd,
                 env=env,
                 # dbt dies with this process (an OOM-killed step must not leave a dbt building).
@@ -71,7 +70,10 @@ class SubprocessInvocation(DbtInvocation):
         last_error: str | None = None
         assert self._process.stdout is not None
         try:
-            for line in self._process.stdout:
+            for line in read_lines(self._process.stdout.fileno(), self.idle_interval):
+                if line is None:
+                    yield None
+                    continue
                 if not line.startswith("{"):
                     tail.append(line.rstrip())  # a traceback or anything dbt did not log as JSON
                     if self.echo:
@@ -96,6 +98,7 @@ class SubprocessInvocation(DbtInvocation):
         finally:
             if self._process.poll() is None:
                 self.cancel()
+            self._process.stdout.close()
         if self._cancelled:
             self.exit = InvocationExit(ok=False, completed=False, error="dbt was stopped (run terminated)")
         elif code in (0, 1):

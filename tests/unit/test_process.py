@@ -47,3 +47,18 @@ def test_forked_child_without_prctl_still_dies_with_its_parent(monkeypatch) -> N
 
 def test_parent_death_signal_is_available_on_linux() -> None:
     assert _process.set_parent_death_signal(0) is True or not os.uname().sysname == "Linux"
+
+
+def test_read_lines_yields_none_while_the_writer_is_quiet() -> None:
+    from dagster_watcher.invocation.base import read_lines
+
+    read_fd, write_fd = os.pipe()
+    lines = read_lines(read_fd, 0.05)
+    assert next(lines) is None  # nothing written yet: the reader wakes up anyway
+    os.write(write_fd, b'{"a": 1}\n{"b"')
+    assert next(lines) == '{"a": 1}\n'
+    os.write(write_fd, b": 2}\n")
+    assert next(lines) == '{"b": 2}\n'
+    os.close(write_fd)
+    assert list(lines) == []
+    os.close(read_fd)
