@@ -198,6 +198,10 @@ class _FakeInvocation:
         self.t_end = time.time()
         self.exit = InvocationExit(ok=True, completed=True)
 
+    def events(self):
+        # What the producer reads (DbtInvocation.events: stream() plus idle ticks; a fake is never idle).
+        return self.stream()
+
     def cancel(self) -> None:
         pass
 

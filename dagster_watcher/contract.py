@@ -257,3 +257,18 @@ def unique_id_of_check(assets: AssetsDefinition, check_key: AssetCheckKey) -> st
 
 def unique_ids_by_asset_key(assets: AssetsDefinition) -> dict[AssetKey, str]:
     return {key: unique_id_of_asset(assets, key) for key in assets.keys}
+
+
+# -- producer process and interruption ------------------------------------------------------------
+
+#: Written by the producer when dbt starts: the process that actually runs dbt (a forked child or a
+#: `dbt` process; the step's own pid when dbt runs in a thread of it). It dies with the step process.
+DBT_PID_TAG = "dagster_watcher/dbt_pid"
+
+#: The error text on every planned node without an outcome when the run was terminated (consumers
+#: tell a user's stop from a failure by it).
+RUN_TERMINATED = "run terminated"
+
+
+def dbt_process_tags(pid: int) -> dict[str, str]:
+    return {DBT_PID_TAG: str(pid)}

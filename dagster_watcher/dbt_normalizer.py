@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._text import scrub_secrets
 from .status import NodeResult, NodeStatus, is_test, resource_type_of
 
 # dbt statuses (RunStatus / TestStatus / FreshnessStatus values) -> our terminal status.
@@ -165,7 +164,7 @@ class DbtEventNormalizer:
         resource_type = node_info.get("resource_type") or resource_type_of(unique_id)
         dbt_status = str(run_result.get("status") or node_info.get("node_status") or "")
         status = _STATUS_MAP.get(dbt_status.lower(), NodeStatus.ERROR)
-        message = scrub_secrets(run_result.get("message") or "") or None
+        message = run_result.get("message") or None
         timing = {t.get("name"): t for t in run_result.get("timing_info") or []}
         started = _parse_ts((timing.get("compile") or timing.get("execute") or {}).get("started_at"))
         completed = _parse_ts((timing.get("execute") or timing.get("compile") or {}).get("completed_at"))
@@ -209,7 +208,7 @@ class DbtEventNormalizer:
             return []
         held = self._held.pop(unique_id, None)
         if held is not None:
-            return [self._release(dataclasses.replace(held, message=scrub_secrets(msg)))]
+            return [self._release(dataclasses.replace(held, message=msg))]
         return []
 
     def _compiled_code(self, unique_id: str) -> str | None:

@@ -9,23 +9,25 @@ turns each result into one event. What the step plans comes from ``planning``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from dagster import AssetExecutionContext, MetadataValue
+from dagster import AssetExecutionContext, DagsterExecutionInterruptedError, MetadataValue
 
 from . import contract
 from ._compat import memoize_output_asset_keys
+from ._text import describe_exception, scrub_result, scrub_secrets
 from .dagster_mapping import DagsterNodeEvent, describe_failure, to_dagster_events
 from .dbt_normalizer import DbtEventNormalizer
 from .errors import DbtDidNotComplete, NodesDidNotSucceed
 from .invocation import DbtInvocation, InvocationExit
 from .planning import BuildPlan, plan_for_context, succeeded_in_run
-from .status import NodeResult, NodeStatus, lost_result, not_selected_result
+from .status import LOST_MESSAGE, NodeResult, NodeStatus, lost_result, not_selected_result
 
 
 def start_step(context: AssetExecutionContext) -> BuildPlan | None:
@@ -85,8 +87,9 @@ class NodeResultSource(Protocol):
     def exit(self) -> InvocationExit | None:
         """How the run ended; set once :meth:`results` is exhausted."""
 
-    def results(self) -> Iterator[NodeResult]:
-        """Start the work and yield terminal results in finish order, on the caller's thread."""
+    def results(self) -> Iterator[NodeResult | None]:
+        """Start the work and yield terminal results in finish order, on the caller's thread; None
+        (optionally) while the work is quiet, so the writer can beat its heartbeat."""
 
     def release_held(self) -> list[NodeResult]:
         """Results still held back (e.g. waiting for error text) when the work is stopped early."""
@@ -114,8 +117,11 @@ class DbtResultSource:
     def exit(self) -> InvocationExit | None:
         return self.invocation.exit
 
-    def results(self) -> Iterator[NodeResult]:
-        for raw in self.invocation.stream():
+    def results(self) -> Iterator[NodeResult | None]:
+        for raw in self.invocation.events():
+            if raw is None:
+                yield None
+                continue
             yield from self.normalizer.feed(raw.name, raw.data, raw.invocation_id)
         yield from self.normalizer.release_held()
         yield from self.normalizer.unreported(self.expected)
@@ -125,6 +131,10 @@ class DbtResultSource:
 
     def cancel(self) -> None:
         self.invocation.cancel()
+
+    def on_process_start(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` with dbt's pid when its process starts (on the caller's thread)."""
+        self.invocation.on_start = callback
 
 
 class NoWork:
@@ -161,8 +171,12 @@ def stream_build(
     source: NodeResultSource,
     *,
     progress: bool = True,
+    heartbeat_interval: float = 0,
 ) -> Iterator[DagsterNodeEvent]:
     """Run ``source`` and yield each node outcome's Dagster events as it is reported.
+
+    Every ``heartbeat_interval`` seconds (0: never) while the source works, and once at its start,
+    this thread refreshes the run's heartbeat tag: a writer that is dead or stuck stops beating.
 
     Every planned node ends with exactly one outcome: what dbt's selection leaves out is recorded as
     not selected before dbt starts; what the source never reported is recorded as lost.
@@ -175,63 +189,124 @@ def stream_build(
     bar = _Progress(plan, progress)
     results: list[NodeResult] = []
     started = time.monotonic()
+    log = _ScrubbedLog(context)
 
     def emit(result: NodeResult) -> Iterator[DagsterNodeEvent]:
+        # The one place every text of a node outcome is scrubbed, whatever source produced it.
+        result = scrub_result(result)
         results.append(result)
         bar.node(result)
         target = plan.target_of(result.unique_id)
         if target is None:
             if result.status.is_failure:
-                context.log.warning(f"dbt {result.unique_id}: {describe_failure(result)}")
+                log.warning(f"dbt {result.unique_id}: {describe_failure(result)}")
             return
         if result.status.is_failure:
-            context.log.error(f"{plan.name_of(result.unique_id)} ({result.unique_id}): {describe_failure(result)}")
+            log.error(f"{plan.name_of(result.unique_id)} ({result.unique_id}): {describe_failure(result)}")
         yield from to_dagster_events(result, target)
+
+    def unreported(message: str) -> Iterator[DagsterNodeEvent]:
+        reported = {r.unique_id for r in results}
+        invocation_id = next((r.invocation_id for r in results if r.invocation_id), None)
+        for unique_id in sorted(plan.expected - reported):
+            lost = lost_result(unique_id, plan.manifest, invocation_id)
+            yield from emit(dataclasses.replace(lost, message=message))
 
     for unique_id, reason in sorted(plan.not_selected.items()):
         yield from emit(not_selected_result(unique_id, plan.manifest, reason))
     if plan.not_selected:
-        context.log.info(
-            f"dagster-watcher: {len(plan.not_selected)} planned node(s) are not selected by dbt in this run"
-        )
+        log.info(f"dagster-watcher: {len(plan.not_selected)} planned node(s) are not selected by dbt in this run")
+    on_process_start = getattr(source, "on_process_start", None)
+    if on_process_start is not None:
+        run_id = context.run.run_id
+        on_process_start(lambda pid: context.instance.add_run_tags(run_id, contract.dbt_process_tags(pid)))
+    heartbeat = _Heartbeat(context, heartbeat_interval)
     try:
         for result in source.results():
-            yield from emit(result)
+            heartbeat.maybe()
+            if result is not None:
+                yield from emit(result)
     except GeneratorExit:
         # Dagster closed the step's generator: nothing more may be yielded; just stop the work.
         source.cancel()
         raise
-    except BaseException:
-        # Termination or any error on the writer's side: stop the work; record what is known; re-raise.
+    except BaseException as error:
+        # Termination or any error on the writer's side: stop the work (the source's own cleanup has
+        # waited for dbt to stop), record what is known and every other planned node as lost with the
+        # reason, then re-raise.
         source.cancel()
         for result in source.release_held():
             yield from emit(result)
+        if isinstance(error, DagsterExecutionInterruptedError | KeyboardInterrupt):
+            log.warning("dagster-watcher: the run was terminated; nodes without an outcome are recorded as lost")
+            yield from unreported(contract.RUN_TERMINATED)
+        else:
+            yield from unreported(f"{LOST_MESSAGE} The build stopped: {describe_exception(error)}")
         raise
-    reported = {r.unique_id for r in results}
-    invocation_id = next((r.invocation_id for r in results if r.invocation_id), None)
-    for unique_id in sorted(plan.expected - reported):
-        yield from emit(lost_result(unique_id, plan.manifest, invocation_id))
 
     exit_ = source.exit
+    lost_message = LOST_MESSAGE
+    if exit_ is not None and not exit_.completed and exit_.error:
+        # dbt's own words (a lock held by another process, a wrong target) on every affected node.
+        lost_message = f"{LOST_MESSAGE} dbt said: {exit_.error}"
+    yield from unreported(lost_message)
+
     failed = [r for r in results if plan.target_of(r.unique_id) is not None and r.status.is_failure]
-    summary = _summary(plan, results, time.monotonic() - started)
+    summary = scrub_secrets(_summary(plan, results, time.monotonic() - started))
     if progress:
         print(summary, flush=True)
     metadata = {"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)}
     if exit_ is not None and not exit_.completed:
         raise DbtDidNotComplete(
-            f"dbt did not complete ({source.mode} mode): {exit_.error}", mode=source.mode, metadata=metadata
+            scrub_secrets(f"dbt did not complete ({source.mode} mode): {exit_.error}"),
+            mode=source.mode,
+            metadata=metadata,
         )
     if failed:
         first = "; ".join(f"{plan.name_of(r.unique_id)}: {describe_failure(r)}" for r in failed[:5])
         more = f" (+{len(failed) - 5} more)" if len(failed) > 5 else ""
         retryable = any(r.status is not NodeStatus.ERROR or plan.retry_policy.is_retryable(r.message) for r in failed)
         raise NodesDidNotSucceed(
-            f"{len(failed)} dbt node(s) did not succeed: {first}{more}",
+            scrub_secrets(f"{len(failed)} dbt node(s) did not succeed: {first}{more}"),
             failed_nodes=[r.unique_id for r in failed],
             metadata=metadata,
             allow_retries=retryable,
         )
+
+
+class _Heartbeat:
+    """The run's heartbeat tag, written by the writer's own thread (never dbt's): at start, then at
+    most once per ``interval`` seconds."""
+
+    def __init__(self, context: AssetExecutionContext, interval: float) -> None:
+        self._context = context
+        self._interval = interval
+        self._last = float("-inf")
+        self.maybe()
+
+    def maybe(self) -> None:
+        if self._interval <= 0:
+            return
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._context.instance.add_run_tags(self._context.run.run_id, contract.heartbeat_tags(time.time()))
+
+
+class _ScrubbedLog:
+    """The step's log, every line scrubbed (the writer's texts are already; this covers the rest)."""
+
+    def __init__(self, context: AssetExecutionContext) -> None:
+        self._log = context.log
+
+    def info(self, text: str) -> None:
+        self._log.info(scrub_secrets(text))
+
+    def warning(self, text: str) -> None:
+        self._log.warning(scrub_secrets(text))
+
+    def error(self, text: str) -> None:
+        self._log.error(scrub_secrets(text))
 
 
 def _failure_table(plan: BuildPlan, failed: Sequence[NodeResult]) -> list[dict[str, Any]]:

@@ -105,6 +105,15 @@ class DbtWatcherResource(ConfigurableResource):
         ),
     )
 
+    heartbeat_interval: float = Field(
+        default=15.0,
+        ge=0,
+        description=(
+            "Seconds between the producer's heartbeats (a run tag the consumers read: a run whose heartbeat "
+            "is too old is dead or stuck, on any host). Written from the writer's thread; 0 disables."
+        ),
+    )
+
     def __init__(self, project_dir: str | Path | DbtProject, **kwargs: Any) -> None:
         if isinstance(project_dir, DbtProject) and project_dir.state_path is not None:
             kwargs.setdefault("state_path", os.fspath(project_dir.state_path))
@@ -283,6 +292,7 @@ class DbtWatcherResource(ConfigurableResource):
             plan,
             DbtResultSource(invocation, plan.manifest, self.resolved_target_path(), expected=plan.expected),
             progress=self.progress,
+            heartbeat_interval=self.heartbeat_interval,
         )
 
     def _runner_manifest_problem(self, plan: BuildPlan) -> str | None:

@@ -7,7 +7,9 @@ No mode touches Dagster: the caller's thread is the single writer (``producer.py
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+import os
+import select
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..dbt_normalizer import RawDbtEvent
@@ -31,15 +33,58 @@ class DbtInvocation(abc.ABC):
 
     mode: str
     exit: InvocationExit | None = None
+    pid: int | None = None
+    """The process that runs dbt, once started (this process when dbt runs in a thread of it)."""
+    on_start: Callable[[int], None] | None = None
+    """Called on the caller's thread with :attr:`pid` as soon as dbt's process exists."""
 
     def __init__(self, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
         self.args = list(args)
         self.env = dict(env or {})
 
-    @abc.abstractmethod
+    def started(self, pid: int) -> None:
+        self.pid = pid
+        if self.on_start is not None:
+            self.on_start(pid)
+
+    idle_interval: float = 1.0
+    """Longest wait (seconds) for dbt before :meth:`events` yields None, so the caller's thread can do
+    its own periodic work (the producer's heartbeat) while dbt is quiet."""
+
     def stream(self) -> Iterator[RawDbtEvent]:
         """Start dbt and yield its wanted events in firing order until it exits."""
+        for event in self.events():
+            if event is not None:
+                yield event
+
+    @abc.abstractmethod
+    def events(self) -> Iterator[RawDbtEvent | None]:
+        """As :meth:`stream`, plus None whenever dbt said nothing for :attr:`idle_interval` seconds."""
 
     @abc.abstractmethod
     def cancel(self) -> None:
         """Ask dbt to stop (run termination). Safe to call from any thread, any number of times."""
+
+
+def read_lines(fd: int, idle: float) -> Iterator[str | None]:
+    """Lines (with their newline) read from ``fd`` until end of file, and None whenever nothing arrived
+    for ``idle`` seconds. Where ``select`` cannot wait on a pipe (Windows), lines only."""
+    if os.name == "nt":  # pragma: no cover - select() takes sockets only there
+        with os.fdopen(os.dup(fd), "rb") as f:
+            for raw in f:
+                yield raw.decode("utf-8", "replace")
+        return
+    pending = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], idle)
+        if not ready:
+            yield None
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            if pending:
+                yield pending.decode("utf-8", "replace")
+            return
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace") + "\n"

@@ -16,10 +16,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .._compat import dbt_manifest_from_json, release_adapter_handles, run_own_finalizers
+from .._process import die_with_parent_in_forked_child
 from .._text import describe_exception
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import DbtDidNotComplete, ManifestPreparationError
-from .base import DbtInvocation, InvocationExit
+from .base import DbtInvocation, InvocationExit, read_lines
 
 # dbt keeps process-global state (flags, adapter registry, event manager callbacks): two dbtRunner
 # invocations at once in one process would mix their events and configuration. Serialise them.
@@ -85,7 +86,7 @@ class RunnerInvocation(DbtInvocation):
         if msg.info.name in WANTED_EVENTS:
             self._forward(msg)
 
-    def stream(self) -> Iterator[RawDbtEvent]:
+    def events(self) -> Iterator[RawDbtEvent | None]:
         if not _DBT_PROCESS_LOCK.acquire(timeout=-1 if self.lock_timeout is None else self.lock_timeout):
             raise DbtDidNotComplete(
                 "Another in-process dbt invocation is running in this Python process and did not finish "
@@ -114,22 +115,30 @@ class RunnerInvocation(DbtInvocation):
 
     # -- forked child ----------------------------------------------------------------------------
 
-    def _stream_forked(self, manifest: Any) -> Iterator[RawDbtEvent]:
+    def _stream_forked(self, manifest: Any) -> Iterator[RawDbtEvent | None]:
         read_fd, write_fd = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            die_with_parent_in_forked_child(parent)
             os.close(read_fd)
             self._run_child(manifest, write_fd)
         self._child = pid
         os.close(write_fd)
+        self.started(pid)
         final: dict[str, Any] | None = None
-        with os.fdopen(read_fd, "r", encoding="utf-8") as pipe:
-            for line in pipe:
+        try:
+            for line in read_lines(read_fd, self.idle_interval):
+                if line is None:
+                    yield None
+                    continue
                 item = json.loads(line)
                 if "exit" in item:
                     final = item["exit"]
                 else:
                     yield RawDbtEvent(item["name"], item["data"], item["invocation_id"])
+        finally:
+            os.close(read_fd)
         _, status = os.waitpid(pid, 0)
         self._child = None
         self.exit = self._exit_from_child(final, status)
@@ -210,16 +219,18 @@ class RunnerInvocation(DbtInvocation):
         finally:
             self._queue.put(_Finished(result, error))
 
-    def _stream_threaded(self, manifest: Any) -> Iterator[RawDbtEvent]:
+    def _stream_threaded(self, manifest: Any) -> Iterator[RawDbtEvent | None]:
         from dbt_common.events.functions import msg_to_dict
 
         self._thread = threading.Thread(target=self._run, args=(manifest,), name="dagster-watcher-dbt", daemon=True)
         self._thread.start()
+        self.started(os.getpid())
         while True:
             try:
-                item = self._queue.get(timeout=0.5)
+                item = self._queue.get(timeout=min(0.5, self.idle_interval))
             except queue.Empty:
-                continue  # wake up so a run termination (signal) reaches this thread
+                yield None  # wake up so a run termination (signal) reaches this thread
+                continue
             if isinstance(item, _Finished):
                 break
             as_dict = msg_to_dict(item)

@@ -11,10 +11,10 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .._text import scrub_secrets
+from .._process import preexec_die_with_parent
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import WatcherConfigError
-from .base import DbtInvocation, InvocationExit
+from .base import DbtInvocation, InvocationExit, read_lines
 
 # Substrings of the JSON lines the writer must parse. Everything else is either printed (info and
 # above, so dbt's usual console output reaches the compute logs) or dropped without parsing.
@@ -40,35 +40,40 @@ class SubprocessInvocation(DbtInvocation):
         self.dbt_executable = dbt_executable
         self.cwd = cwd
         self.echo = echo
-        self._process: subprocess.Popen[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._cancelled = False
 
     def command(self) -> list[str]:
         # NodeFinished (which carries adapter_response and error text) is a debug-level event.
         return [self.dbt_executable, *self.args, "--log-format", "json", "--log-level", "debug"]
 
-    def stream(self) -> Iterator[RawDbtEvent]:
+    def events(self) -> Iterator[RawDbtEvent | None]:
         env = {**os.environ, **self.env}
         try:
             self._process = subprocess.Popen(
                 self.command(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                text=True,
-                bufsize=1,
+                bufsize=0,
                 cwd=self.cwd,
                 env=env,
+                # dbt dies with this process (an OOM-killed step must not leave a dbt building).
+                preexec_fn=preexec_die_with_parent(os.getpid()),
             )
         except FileNotFoundError as exc:
             raise WatcherConfigError(
                 f"dbt executable {self.dbt_executable!r} was not found: set `dbt_executable` on the "
                 "DbtWatcherResource to the dbt of the environment that should run this project."
             ) from exc
+        self.started(self._process.pid)
         tail: collections.deque[str] = collections.deque(maxlen=40)
         last_error: str | None = None
         assert self._process.stdout is not None
         try:
-            for line in self._process.stdout:
+            for line in read_lines(self._process.stdout.fileno(), self.idle_interval):
+                if line is None:
+                    yield None
+                    continue
                 if not line.startswith("{"):
                     tail.append(line.rstrip())  # a traceback or anything dbt did not log as JSON
                     if self.echo:
@@ -93,6 +98,7 @@ class SubprocessInvocation(DbtInvocation):
         finally:
             if self._process.poll() is None:
                 self.cancel()
+            self._process.stdout.close()
         if self._cancelled:
             self.exit = InvocationExit(ok=False, completed=False, error="dbt was stopped (run terminated)")
         elif code in (0, 1):
@@ -100,7 +106,7 @@ class SubprocessInvocation(DbtInvocation):
             self.exit = InvocationExit(ok=code == 0, completed=True)
         else:
             # The last error dbt logged says what to fix; a crash's traceback is only its last lines.
-            detail = scrub_secrets(last_error or "\n".join(list(tail)[-8:]) or "no output")
+            detail = last_error or "\n".join(list(tail)[-8:]) or "no output"
             reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             self.exit = InvocationExit(ok=False, completed=False, error=f"dbt {reason}: {detail}")
 

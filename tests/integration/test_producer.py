@@ -202,17 +202,17 @@ def test_dbt_killed_mid_run_keeps_finished_nodes_and_reports_the_rest(
 ) -> None:
     """Subprocess mode: dbt dies (SIGKILL) after the first node finished."""
     killed: list[int] = []
-    original_stream = __import__("dagster_watcher.invocation", fromlist=["x"]).SubprocessInvocation.stream
+    original_events = __import__("dagster_watcher.invocation", fromlist=["x"]).SubprocessInvocation.events
 
-    def stream_then_kill(self):  # type: ignore[no-untyped-def]
-        for event in original_stream(self):
+    def events_then_kill(self):  # type: ignore[no-untyped-def]
+        for event in original_events(self):
             yield event
-            if event.name == "NodeFinished" and not killed and self._process is not None:
+            if event is not None and event.name == "NodeFinished" and not killed and self._process is not None:
                 killed.append(self._process.pid)
                 os.kill(self._process.pid, signal.SIGKILL)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr("dagster_watcher.invocation.SubprocessInvocation.stream", stream_then_kill)
+    mp.setattr("dagster_watcher.invocation.SubprocessInvocation.events", events_then_kill)
     try:
         run = run_watcher(shop_assets, tmp_path, mode="subprocess")
     finally:

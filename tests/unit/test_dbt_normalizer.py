@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dagster_watcher._text import MASK, scrub_secrets
+from dagster_watcher._text import MASK, scrub_result, scrub_secrets
 from dagster_watcher.dbt_normalizer import WANTED_EVENTS, DbtEventNormalizer, RawDbtEvent
 from dagster_watcher.status import NodeResult, NodeStatus
 
@@ -240,6 +240,8 @@ SECRET = "pa55-w0rd-xyz"
 
 
 def test_secrets_are_masked_in_node_finished_and_run_result_error(monkeypatch: pytest.MonkeyPatch):
+    # The normaliser keeps dbt's words; the writer scrubs every result once (scrub_result), whatever
+    # source produced it.
     monkeypatch.setenv("DBT_ENV_SECRET_PASSWORD", SECRET)
     normalizer = DbtEventNormalizer(GRAPH)
     (direct,) = normalizer.feed(
@@ -247,9 +249,17 @@ def test_secrets_are_masked_in_node_finished_and_run_result_error(monkeypatch: p
     )
     normalizer.feed("NodeFinished", node_finished(message=None))
     (late,) = normalizer.feed("RunResultError", run_result_error(f"password {SECRET} rejected"))
-    for result in (direct, late):
+    for result in (scrub_result(direct), scrub_result(late)):
         assert result.message is not None
         assert SECRET not in result.message and MASK in result.message
+
+
+def test_credential_named_variables_are_masked_too(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DAGSTER_WATCHER_BQ_TOKEN", SECRET)
+    monkeypatch.setenv("SOME_DB_PASSWORD", "hunter2-long")
+    monkeypatch.setenv("SHORT_TOKEN", "abc")  # too short to mask without garbling the text
+    text = f"token {SECRET}, password hunter2-long, abc"
+    assert scrub_secrets(text) == f"token {MASK}, password {MASK}, abc"
 
 
 def test_scrub_secrets_masks_only_secret_variables(monkeypatch: pytest.MonkeyPatch):
