@@ -60,7 +60,7 @@ def test_liveness_rules() -> None:
     assert why_dead(contract.liveness_tags(1, "elsewhere"), 120, now) is None
 
 
-def test_retry_and_downstream_runs_carry_the_runs_own_tags() -> None:
+def test_retry_runs_carry_the_failed_runs_own_tags() -> None:
     tags = {
         "team": "finance",
         "dagster-k8s/config": '{"container_config": {}}',
