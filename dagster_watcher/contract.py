@@ -272,3 +272,44 @@ RUN_TERMINATED = "run terminated"
 
 def dbt_process_tags(pid: int) -> dict[str, str]:
     return {DBT_PID_TAG: str(pid)}
+
+
+# -- the producer's retry coordinator --------------------------------------------------------------
+
+
+def retry_sensor_name(assets: AssetsDefinition) -> str:
+    """The one sensor per producer that decides each failed run's retry batch."""
+    return "watcher_retries_" + dagster_name(assets.node_def.name)
+
+
+#: Dagster system tags a retry or downstream run keeps from the run it follows (its partition, where
+#: and how it runs); every other ``dagster/`` tag is about the original run itself (its run key,
+#: sensor, backfill, failure reason) and the watcher's own tags describe that run's process.
+_CARRIED_SYSTEM_TAGS = frozenset(
+    {
+        "dagster/partition",
+        "dagster/partition_set",
+        "dagster/asset_partition_range_start",
+        "dagster/asset_partition_range_end",
+        "dagster/priority",
+        "dagster/max_runtime",
+        "dagster/isolation",
+        "dagster/concurrency_key",
+    }
+)
+_CARRIED_PREFIXES = ("dagster/partition/", ".dagster/pool/")
+
+
+def carried_run_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The tags of a run that the runs it leads to (retries, downstream jobs) carry: user tags
+    (``dagster-k8s/config``, team labels...), partition key or range, priority, pools and concurrency
+    keys; never the watcher's own liveness/heartbeat/retry tags nor Dagster's per-run bookkeeping."""
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if key.startswith("dagster_watcher/"):
+            continue
+        if key.startswith(("dagster/", ".dagster/")):
+            if key not in _CARRIED_SYSTEM_TAGS and not key.startswith(_CARRIED_PREFIXES):
+                continue
+        out[key] = value
+    return out

@@ -31,7 +31,10 @@ class WatcherRetryPolicy:
         delay_seconds: wait ``delay_seconds * backoff ** (attempt - 1)`` after the failed run ended.
         backoff: see ``delay_seconds``.
         non_retryable: regular expressions; a node whose dbt error matches one is not retried (a
-            compile error fails the same way every time).
+            compile error, a missing profile or target, an unset env var or a refused connection
+            fail the same way every time). The defaults are dbt-core's own messages.
+        retry_terminated: retry the nodes of a run a user terminated (CANCELED). Off by default: a
+            user who stops a run expects it to stay stopped.
 
     Use it for consumer sensors (``build_watcher_sensors(retry_policy=...)``) and, through
     :meth:`to_dagster`, as the producer op's in-step retry policy.
@@ -44,7 +47,24 @@ class WatcherRetryPolicy:
     max_retries: int = 2
     delay_seconds: float = 0.0
     backoff: float = 1.0
-    non_retryable: tuple[str, ...] = (r"Compilation Error", r"Parsing Error", r"failed to compile")
+    non_retryable: tuple[str, ...] = (
+        r"Compilation Error",
+        r"Parsing Error",
+        r"failed to compile",
+        # dbt-core's profile/target/env errors (dbt/config/profile.py, dbt/exceptions.py,
+        # dbt_common's env_var): a run with the same profile fails the same way again.
+        r"Could not find profile named",
+        r"does not have a target named",
+        r"Env var required but not provided",
+        r"dbt encountered an error while trying to read your profiles\.yml",
+        r"outputs not specified in profile",
+        # Connection classes (psycopg2/libpq, socket errors surfaced through FailedToConnectError).
+        r"Connection refused",
+        r"password authentication failed",
+        r"could not translate host name",
+        r"Name or service not known",
+    )
+    retry_terminated: bool = False
 
     def is_retryable(self, error: str | None) -> bool:
         """False when ``error`` matches one of the ``non_retryable`` patterns."""
@@ -148,7 +168,7 @@ def retry_batch(
         unique_id_of[key]
         for key in candidates
         if (recorded := outcomes.failures.get(key)) is not None
-        and recorded.status is NodeStatus.ERROR
+        and recorded.status in _CHECKED_ERRORS
         and not policy.is_retryable(recorded.error)
     }
     batch: set[AssetKey] = set()
@@ -162,6 +182,13 @@ def retry_batch(
             continue
         batch.add(key)
     return batch
+
+
+#: The Dagster status of a run a user terminated.
+TERMINATED_STATUS = "CANCELED"
+#: Outcomes whose error text is matched against ``non_retryable``: dbt's own errors, and lost nodes
+#: (their text carries the cause when the producer knows it, e.g. a profile error before any node ran).
+_CHECKED_ERRORS = frozenset({NodeStatus.ERROR, NodeStatus.LOST})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,8 +239,8 @@ def decide_retry(
     """What one consumer does about its asset, from ``facts`` alone.
 
     ``batch_of_run`` returns the run's retry batch (:func:`retry_batch`); it is called only once the
-    node is known to be retryable. Exactly one consumer of a batch (its first asset by name) requests
-    the retry, so several failures cost one run.
+    node is known to be retryable. ``REQUEST`` means the node is due for a retry: the producer's
+    retry coordinator (:func:`decide_run_retry`) requests it, once per failed run, for the whole batch.
 
     Example::
 
@@ -246,7 +273,12 @@ def decide_retry(
             RetryAction.SETTLE,
             f"{name}: {status} after {facts.attempt} retr{plural} (limit {policy.max_retries}): {error}",
         )
-    if status is NodeStatus.ERROR and not policy.is_retryable(error):
+    if facts.run_status == TERMINATED_STATUS and not policy.retry_terminated:
+        return RetryVerdict(
+            RetryAction.SETTLE,
+            f"{name}: {status} in run {run}, which was terminated; not retried (retry_terminated=False).",
+        )
+    if status in _CHECKED_ERRORS and not policy.is_retryable(error):
         return RetryVerdict(RetryAction.SETTLE, f"{name}: not retried, the error is not retryable: {error}")
     wait = policy.delay_for(facts.attempt + 1) - facts.seconds_since_end
     if wait > 0:
@@ -261,16 +293,71 @@ def decide_retry(
             f"{name}: {status} in run {run}, but dbt skipped it because of a failed test or a non-retryable "
             "node; not retried.",
         )
-    leader = min(batch, key=lambda k: k.to_user_string())
-    if leader != facts.asset:
-        return RetryVerdict(
-            RetryAction.SETTLE,
-            f"{name}: re-materialization of run {run}'s {len(batch)} unfinished node(s) is requested by "
-            f"{contract.sensor_name(leader)}.",
-        )
     return RetryVerdict(
         RetryAction.REQUEST,
-        f"{name}: requesting one re-materialization of run {run}'s {len(batch)} unfinished node(s).",
+        f"{name}: {status} in run {run}; due for one re-materialization of the run's {len(batch)} unfinished node(s).",
         batch=batch,
+        attempt=facts.attempt + 1,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The producer's retry coordinator: one decision per failed run
+
+
+@dataclass(frozen=True)
+class RunRetryFacts:
+    """What the retry coordinator knows about one finished run of its producer."""
+
+    run_id: str
+    run_status: str
+    """The run's Dagster status value (``FAILURE``, ``CANCELED``...)."""
+    attempt: int
+    """Consumer retries that led to this run."""
+    seconds_since_end: float
+    batch: frozenset[AssetKey]
+    """:func:`retry_batch` of the run, less what a later run planned or materialized since."""
+    busy: Mapping[AssetKey, str] = field(default_factory=dict)
+    """Assets of ``batch`` that a run still in progress planned, with that run's id."""
+
+
+def decide_run_retry(facts: RunRetryFacts, policy: WatcherRetryPolicy | None) -> RetryVerdict:
+    """What the retry coordinator does about one finished run: request ONE retry run of its batch,
+    wait, or settle it for good. Never while a run in progress planned any node of the batch (two
+    builds of a node at once), never for a run a user terminated unless ``retry_terminated``.
+
+    Example::
+
+        facts = RunRetryFacts("0123abcd", "FAILURE", 0, 5.0, frozenset({AssetKey("orders")}))
+        assert decide_run_retry(facts, WatcherRetryPolicy()).action is RetryAction.REQUEST
+    """
+    run = facts.run_id[:8]
+    if policy is None:
+        return RetryVerdict(RetryAction.SETTLE, f"run {run}: retries are disabled.")
+    if facts.run_status == TERMINATED_STATUS and not policy.retry_terminated:
+        return RetryVerdict(RetryAction.SETTLE, f"run {run} was terminated; not retried (retry_terminated=False).")
+    if not facts.batch:
+        return RetryVerdict(RetryAction.SETTLE, f"run {run}: nothing left to retry.")
+    if facts.attempt >= policy.max_retries:
+        return RetryVerdict(
+            RetryAction.SETTLE,
+            f"run {run}: {len(facts.batch)} node(s) did not succeed after {facts.attempt} retries "
+            f"(limit {policy.max_retries}).",
+        )
+    if facts.busy:
+        runs = sorted({r[:8] for r in facts.busy.values()})
+        names = sorted(k.to_user_string() for k in facts.busy)
+        return RetryVerdict(
+            RetryAction.WAIT,
+            f"run {run}: waiting for run(s) {', '.join(runs)} in progress, which planned {len(names)} node(s) of "
+            f"its retry batch ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}).",
+        )
+    wait = policy.delay_for(facts.attempt + 1) - facts.seconds_since_end
+    if wait > 0:
+        return RetryVerdict(RetryAction.WAIT, f"run {run}: retry {facts.attempt + 1} in {wait:.0f}s.")
+    return RetryVerdict(
+        RetryAction.REQUEST,
+        f"run {run}: requesting one re-materialization of its {len(facts.batch)} unfinished node(s).",
+        batch=facts.batch,
         attempt=facts.attempt + 1,
     )

@@ -4,9 +4,9 @@ asset from the Dagster event log and acts on them, while the build is still runn
 Per tick a sensor answers one question: what happened to *my* asset in the latest run that planned it?
 
 - materialized -> launch the downstream jobs attached to the model, once per materialization;
-- failed / skipped because an upstream failed / never reported -> once that run is over, request ONE
-  re-materialization run of every node the run did not build (the retry policy decides), launched
-  by exactly one sensor of the batch so several failures cost one run;
+- failed / skipped because an upstream failed / never reported -> once that run is over, say whether
+  it is due for a retry (the retry policy decides); the producer's retry coordinator
+  (``coordinator.py``) requests ONE re-materialization run of every node the run did not build;
 - the run is still going -> wait. A sensor never starts dbt for a model while a run that planned it
   is in progress, and never treats "no event" as success.
 
@@ -18,8 +18,6 @@ cursor. The cursor remembers runs already settled.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,7 +43,9 @@ from .._gc import paused_gc
 from ..contract import RecordedOutcome
 from ..errors import WatcherConfigError
 from ..retry import RetryAction, RetryFacts, WatcherRetryPolicy, decide_retry, retry_batch
+from ._liveness import DEFAULT_HEARTBEAT_TIMEOUT, end_if_dead
 from ._reads import Entry, SharedReads
+from .coordinator import build_coordinator
 
 IN_PROGRESS = frozenset(
     {
@@ -131,6 +131,7 @@ def build_watcher_sensors(
     retry_policy: WatcherRetryPolicy | None = WatcherRetryPolicy(),
     minimum_interval_seconds: int = 15,
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
 ) -> list[SensorDefinition]:
     """One consumer sensor per dbt model/seed/snapshot asset of a :func:`dbt_watcher_assets` definition.
 
@@ -142,6 +143,12 @@ def build_watcher_sensors(
         retry_policy: how failed, skipped and lost nodes are re-materialized; ``None`` disables retries.
         minimum_interval_seconds: sensor tick interval.
         default_status: whether the sensors run as soon as the code location loads.
+        heartbeat_timeout: seconds without a producer heartbeat after which a STARTED run is dead,
+            whatever host it runs on: it is marked failed and its unreported nodes retried.
+
+    With a retry policy, the first sensor is the producer's retry coordinator
+    (``contract.retry_sensor_name``): it decides each failed run's retry batch once, never while a
+    run in progress planned a node of it, and ends runs whose producer is dead.
 
     Raises:
         WatcherConfigError: a ``downstream`` key that is not an asset of ``assets``.
@@ -158,6 +165,7 @@ def build_watcher_sensors(
             retry_policy,
             minimum_interval_seconds=minimum_interval_seconds,
             default_status=default_status,
+            heartbeat_timeout=heartbeat_timeout,
         )
 
 
@@ -168,6 +176,7 @@ def _build_sensors(
     *,
     minimum_interval_seconds: int,
     default_status: DefaultSensorStatus,
+    heartbeat_timeout: float,
 ) -> list[SensorDefinition]:
     attached, downstream_jobs = _resolve_downstream(assets, downstream)
     retry_job = define_asset_job(
@@ -181,14 +190,33 @@ def _build_sensors(
         key=lambda k: k.to_user_string(),
     )
     shared = SharedReads(watched_keys)
+    coordinator = contract.retry_sensor_name(assets)
     sensors = []
+    if retry_policy is not None:
+        # First, so that in one round the dead runs it ends are seen ended by every per-model sensor.
+        sensors.append(
+            build_coordinator(
+                coordinator,
+                frozenset(assets.keys),
+                unique_id_of,
+                retry_job,
+                retry_policy,
+                shared,
+                heartbeat_timeout=heartbeat_timeout,
+                minimum_interval_seconds=minimum_interval_seconds,
+                default_status=default_status,
+            )
+        )
     for key in watched_keys:
         watched = WatchedAsset(key=key, unique_id=unique_id_of[key], downstream_jobs=attached.get(key, []))
+        # Every sensor names the retry job too, so it is in the repository without a coordinator.
         jobs = [retry_job, *(j for j in downstream_jobs if j.name in watched.downstream_jobs)]
         sensors.append(
             SensorDefinition(
                 name=contract.sensor_name(key),
-                evaluation_fn=_make_evaluation(watched, unique_id_of, retry_job.name, retry_policy, shared),
+                evaluation_fn=_make_evaluation(
+                    watched, unique_id_of, retry_job.name, retry_policy, shared, coordinator, heartbeat_timeout
+                ),
                 jobs=jobs,
                 minimum_interval_seconds=minimum_interval_seconds,
                 default_status=default_status,
@@ -204,6 +232,8 @@ def _make_evaluation(
     retry_job: str,
     policy: WatcherRetryPolicy | None,
     shared: SharedReads,
+    coordinator: str,
+    heartbeat_timeout: float,
 ) -> Any:
     def evaluate(context: SensorEvaluationContext) -> SensorResult:
         cursor = _Cursor.load(context.cursor)
@@ -212,12 +242,9 @@ def _make_evaluation(
         if snapshot is not None and entry is None:
             entry = Entry(None, None, None)  # no record: never planned nor materialized
         requests = _downstream_requests(context, watched, cursor, entry)
-        decision = _retry_decision(context, watched, cursor, unique_id_of, retry_job, policy, entry, shared)
-        if isinstance(decision, RunRequest):
-            requests.append(decision)
-            reason = None
-        else:
-            reason = decision
+        reason = _retry_decision(
+            context, watched, cursor, unique_id_of, retry_job, policy, entry, shared, coordinator, heartbeat_timeout
+        )
         return SensorResult(
             run_requests=requests,
             skip_reason=None if requests else reason,
@@ -260,22 +287,6 @@ def _downstream_requests(
             )
         cursor.materialization = max(cursor.materialization, record.storage_id)
     return requests
-
-
-def _process_is_gone(tags: Mapping[str, str]) -> bool:
-    """True only when the producer recorded its pid on THIS host and that process no longer exists.
-    On another host we cannot know: the run stays "in progress" until Dagster's run monitoring (or a
-    person) ends it, and the sensor keeps waiting rather than risk a duplicate dbt run."""
-    where = contract.liveness_from_tags(tags)
-    if where is None or where[1] != socket.gethostname():
-        return False
-    try:
-        os.kill(where[0], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @dataclass(frozen=True)
@@ -358,20 +369,16 @@ def _retry_decision(
     policy: WatcherRetryPolicy | None,
     entry: Entry | None,
     shared: SharedReads,
-) -> RunRequest | str:
+    coordinator: str,
+    heartbeat_timeout: float,
+) -> str:
     gathered = _gather(context, watched, cursor, entry, shared)
     if isinstance(gathered, str):
         return gathered
     instance = context.instance
     run = gathered.record.dagster_run
     in_progress = run.status in IN_PROGRESS
-    if in_progress and not gathered.materialized and _process_is_gone(run.tags):
-        liveness = contract.liveness_from_tags(run.tags)
-        instance.report_run_failed(
-            run,
-            f"dagster-watcher: the run worker (pid {liveness[0] if liveness else '?'} on "
-            f"{liveness[1] if liveness else '?'}) is gone; nodes it did not report are treated as lost.",
-        )
+    if in_progress and not gathered.materialized and end_if_dead(instance, run, heartbeat_timeout):
         in_progress = False
     ended = gathered.record.end_time or time.time()
     facts = RetryFacts(
@@ -395,11 +402,5 @@ def _retry_decision(
     cursor.settled = gathered.run_id
     if verdict.action is RetryAction.SETTLE:
         return verdict.reason
-    return RunRequest(
-        run_key=contract.retry_run_key(gathered.run_id),
-        job_name=retry_job,
-        asset_selection=sorted(verdict.batch, key=lambda k: k.to_user_string()),
-        # Same resource/op config as the failed run (e.g. dbt vars set in the launchpad).
-        run_config=run.run_config,
-        tags=contract.retry_run_tags(gathered.run_id, verdict.attempt),
-    )
+    # Due: the producer's coordinator requests the run's whole batch, once.
+    return f"{verdict.reason[:-1]}, requested by {coordinator}."

@@ -37,7 +37,7 @@ from dagster_watcher import (
     dbt_watcher_assets,
 )
 from dagster_watcher.consumers._reads import SNAPSHOT_REFRESH_SECONDS
-from dagster_watcher.contract import ATTEMPT_TAG, RETRY_OF_TAG
+from dagster_watcher.contract import ATTEMPT_TAG, RETRY_OF_TAG, retry_sensor_name
 
 from ..support import EXAMPLE, REPO, Sensors, run_watcher
 
@@ -186,7 +186,9 @@ def test_downstream_job_is_requested_while_the_producer_still_runs(
     assert sensors.tick_all() == []
     assert reads == {"get_asset_records": 1}, reads
     messages = [sensors.tick(name)[1] or "" for name in sorted(sensors.by_name)]
+    coordinator = messages.pop(sorted(sensors.by_name).index(retry_sensor_name(shop_assets)))
     assert all("nothing to do" in m for m in messages), messages
+    assert coordinator == "no failed run to decide.", coordinator
     assert reads == {"get_asset_records": 1}, reads
 
 
@@ -240,7 +242,8 @@ def test_flaky_model_costs_one_targeted_rerun_started_only_after_the_producer(
     assert len(requested) == 1, "several failed/skipped nodes, one batched re-materialization run"
     # Every sensor decided from one read of the asset records, the run record and the run's outcome.
     assert reads == {"get_asset_records": 1, "get_run_record_by_id": 1, "get_records_for_run": 1}, reads
-    leader, request = requested[0]
+    requester, request = requested[0]
+    assert requester == retry_sensor_name(shop_assets), "the producer's coordinator requests the batch"
     assert set(request.asset_selection or []) == {
         AssetKey("stg_payments"),
         AssetKey("orders"),

@@ -47,8 +47,8 @@ ATTEMPT = "dagster_watcher/attempt"
 SENSOR_INTERVAL = 2
 #: The failed model and what dbt skipped because of it (int_order_payments is ephemeral: no asset).
 RETRIED = {FAILING, "orders", "daily_revenue"}
-#: The consumer sensor that requests the batch: the first asset of the batch by name.
-LEADER_SENSOR = "watch_" + min(RETRIED)
+#: The sensor that requests the batch: the producer's retry coordinator.
+LEADER_SENSOR = "watcher_retries_shop_dbt_assets"
 FLAKY_TEXT = f"model {FAILING} failed on purpose (flaky attempt 1 of 1 failing"
 #: dbt tests attached to the retried models: they run again with them.
 RETRIED_CHECKS = {
@@ -189,7 +189,7 @@ def asset_names(events: list[dict[str, Any]], *types: str) -> list[str]:
 def test_sensors_run_in_the_daemon(daemon_retry: DaemonRetry) -> None:
     """One running consumer sensor per dbt asset, evaluated by the daemon from the start."""
     sensors = {s["name"]: s["sensorState"]["status"] for s in daemon_retry.sensors_before}
-    assert sensors == {f"watch_{name}": "RUNNING" for name in DBT_ASSETS}
+    assert sensors == {f"watch_{name}": "RUNNING" for name in DBT_ASSETS} | {LEADER_SENSOR: "RUNNING"}
     assert daemon_retry.first_ticks, "the daemon never evaluated a consumer sensor"
     assert any("no run has planned it yet" in (t["skipReason"] or "") for t in daemon_retry.first_ticks), (
         daemon_retry.first_ticks

@@ -14,8 +14,10 @@ from dagster_watcher.retry import (
     RetryAction,
     RetryFacts,
     RunOutcomes,
+    RunRetryFacts,
     WatcherRetryPolicy,
     decide_retry,
+    decide_run_retry,
     policy_from_tags,
     retry_batch,
 )
@@ -165,23 +167,46 @@ VERDICT_CASES = {
         RetryAction.WAIT,
         "not reported yet",
     ),
-    "lost-after-run-ended-leader-requests": VerdictCase(
+    "lost-after-run-ended-is-due": VerdictCase(
         replace(BASE, asset=CUSTOMERS, recorded=None),
         DEFAULT,
         frozenset({CUSTOMERS, ORDERS}),
         RetryAction.REQUEST,
-        "requesting one re-materialization of run 01234567's 2 unfinished node(s)",
+        "due for one re-materialization of the run's 2 unfinished node(s)",
         request_attempt=1,
     ),
-    "lost-after-run-ended-follower-settles-naming-the-leader": VerdictCase(
+    "every-node-of-the-batch-is-due-not-only-the-first-by-name": VerdictCase(
         replace(BASE, recorded=None),
         DEFAULT,
         frozenset({CUSTOMERS, ORDERS}),
+        RetryAction.REQUEST,
+        "due for one re-materialization",
+        request_attempt=1,
+    ),
+    "terminated-run-settles": VerdictCase(
+        replace(BASE, recorded=None, run_status="CANCELED"),
+        DEFAULT,
+        NOT_ASKED,
         RetryAction.SETTLE,
-        "is requested by watch_customers",
+        "which was terminated; not retried (retry_terminated=False)",
+    ),
+    "terminated-run-retried-when-the-policy-says-so": VerdictCase(
+        replace(BASE, recorded=None, run_status="CANCELED"),
+        WatcherRetryPolicy(retry_terminated=True),
+        frozenset({ORDERS}),
+        RetryAction.REQUEST,
+        "due",
+        request_attempt=1,
+    ),
+    "lost-with-a-profile-error-settles": VerdictCase(
+        replace(BASE, recorded=RecordedOutcome(NodeStatus.LOST, "Could not find profile named 'shopp'")),
+        DEFAULT,
+        NOT_ASKED,
+        RetryAction.SETTLE,
+        "the error is not retryable",
     ),
     "error-retried-on-second-attempt": VerdictCase(
-        replace(BASE, attempt=1), DEFAULT, frozenset({ORDERS}), RetryAction.REQUEST, "requesting", request_attempt=2
+        replace(BASE, attempt=1), DEFAULT, frozenset({ORDERS}), RetryAction.REQUEST, "due for one", request_attempt=2
     ),
     "attempts-exhausted-settles": VerdictCase(
         replace(BASE, attempt=2), DEFAULT, NOT_ASKED, RetryAction.SETTLE, "after 2 retries (limit 2)"
@@ -204,7 +229,7 @@ VERDICT_CASES = {
         WatcherRetryPolicy(delay_seconds=60),
         frozenset({ORDERS}),
         RetryAction.REQUEST,
-        "requesting",
+        "due for one",
         request_attempt=1,
     ),
     "backoff-grows-the-delay": VerdictCase(
@@ -251,12 +276,71 @@ def test_decide_retry(case: VerdictCase):
         assert verdict.batch == frozenset() and verdict.attempt == 0
 
 
-def test_verdict_names_the_leaders_sensor_by_contract():
-    """The follower's reason uses the leader's real sensor name (the first asset of the batch by name)."""
-    leader, follower = AssetKey(["shop", "a_model"]), AssetKey(["shop", "b_model"])
-    verdict = decide_retry(replace(BASE, asset=follower, recorded=None), DEFAULT, lambda: {follower, leader})
-    assert verdict.action is RetryAction.SETTLE
-    assert contract.sensor_name(leader) in verdict.reason
+# dbt-core's own messages for errors that fail the same way on every attempt (copied from
+# dbt/config/profile.py, dbt/config/runtime.py, dbt_common's env_var, libpq).
+CONFIG_ERRORS = [
+    "Runtime Error\n  Could not find profile named 'shopp'",
+    "Runtime Error\n  The profile 'shop' does not have a target named 'prod'. The valid target names for this "
+    "profile are:\n - dev",
+    "Parsing Error\n  Env var required but not provided: 'DAGSTER_WATCHER_DUCKDB_PATH'",
+    "Runtime Error\n  dbt encountered an error while trying to read your profiles.yml file.",
+    "Runtime Error\n  outputs not specified in profile 'shop'",
+    'Database Error\n  connection to server at "localhost" (127.0.0.1), port 5432 failed: Connection refused',
+    'Database Error\n  FATAL:  password authentication failed for user "dbt"',
+    'Database Error\n  could not translate host name "warehouse" to address: Name or service not known',
+]
+
+
+@pytest.mark.parametrize("error", CONFIG_ERRORS)
+def test_profile_target_and_connection_errors_are_not_retryable_by_default(error: str):
+    assert not DEFAULT.is_retryable(error)
+    assert DEFAULT.is_retryable("Runtime Error in model stg_payments: Could not set lock on file")
+
+
+def test_a_non_retryable_lost_node_blocks_its_batch():
+    lost = RecordedOutcome(NodeStatus.LOST, "dbt exited: Env var required but not provided: 'X'")
+    outcomes = RunOutcomes(planned={STG, ORDERS}, failures={STG: lost, ORDERS: skipped(UNIQUE_ID[STG])})
+    assert retry_batch(outcomes, DEFAULT, UNIQUE_ID) == set()
+
+
+# -- decide_run_retry (the producer's coordinator, once per failed run) ------------------------------
+
+RUN = RunRetryFacts("0123456789", "FAILURE", 0, 5.0, frozenset({STG, ORDERS}))
+RUN_CASES = {
+    "failed-run-requests-its-batch": (RUN, DEFAULT, RetryAction.REQUEST, "requesting one re-materialization of its 2"),
+    "terminated-run-settles": (
+        replace(RUN, run_status="CANCELED"),
+        DEFAULT,
+        RetryAction.SETTLE,
+        "terminated; not retried",
+    ),
+    "terminated-run-retried-when-asked": (
+        replace(RUN, run_status="CANCELED"),
+        WatcherRetryPolicy(retry_terminated=True),
+        RetryAction.REQUEST,
+        "requesting",
+    ),
+    "a-run-in-progress-planned-part-of-the-batch-waits": (
+        replace(RUN, busy={ORDERS: "fedcba9876543"}),
+        DEFAULT,
+        RetryAction.WAIT,
+        "waiting for run(s) fedcba98 in progress, which planned 1 node(s) of its retry batch (orders)",
+    ),
+    "empty-batch-settles": (replace(RUN, batch=frozenset()), DEFAULT, RetryAction.SETTLE, "nothing left to retry"),
+    "limit-settles": (replace(RUN, attempt=2), DEFAULT, RetryAction.SETTLE, "after 2 retries (limit 2)"),
+    "delay-waits": (RUN, WatcherRetryPolicy(delay_seconds=60), RetryAction.WAIT, "retry 1 in 55s"),
+    "disabled-settles": (RUN, None, RetryAction.SETTLE, "retries are disabled"),
+}
+
+
+@pytest.mark.parametrize("case", RUN_CASES.values(), ids=RUN_CASES.keys())
+def test_decide_run_retry(case):  # type: ignore[no-untyped-def]
+    facts, policy, action, reason = case
+    verdict = decide_run_retry(facts, policy)
+    assert verdict.action is action, verdict.reason
+    assert reason in verdict.reason
+    if action is RetryAction.REQUEST:
+        assert verdict.batch == facts.batch and verdict.attempt == facts.attempt + 1
 
 
 # -- the policy itself -----------------------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""The producer's retry coordinator: ONE sensor per producer that decides each finished failed run's
+retry batch exactly once (run key per failed run), so a newer run that planned a single node can
+never swallow another run's batch, and no retry starts while ANY run in progress planned a node of it.
+
+Per tick: end STARTED runs whose producer is dead (:mod:`._liveness`), pick up runs that finished
+failed or terminated since the last tick, and for each pending one gather facts for the pure
+:func:`~dagster_watcher.retry.decide_run_retry`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+)
+
+from .. import contract
+from ..retry import RetryAction, RunRetryFacts, WatcherRetryPolicy, decide_run_retry, retry_batch
+from ._liveness import end_if_dead
+from ._reads import SharedReads
+
+_IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+_FINISHED_FAILED = [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+#: A new (or reset) coordinator looks back at this many failed runs, not the whole history; runs
+#: whose nodes were rebuilt since settle with nothing to retry.
+_FIRST_LOOK_BACK = 20
+_PAGE = 100
+_REMEMBERED = 200
+_PLANNED_CACHE = 64
+
+
+@dataclass
+class _CoordinatorCursor:
+    updated_after: float = 0.0
+    """Update time of the newest finished run picked up."""
+    pending: list[str] = field(default_factory=list)
+    """Finished failed runs of this producer still waiting (delay, or a run in progress)."""
+    decided: list[str] = field(default_factory=list)
+    """Runs already decided (newest last), so an update of their record decides nothing twice."""
+
+    @classmethod
+    def load(cls, raw: str | None) -> _CoordinatorCursor | None:
+        if not raw:
+            return None
+        try:
+            return cls(**json.loads(raw))
+        except (ValueError, TypeError):
+            return None
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+class _Planned:
+    """Which of this producer's assets each run planned (written when the run is created, so read
+    once per run)."""
+
+    def __init__(self, keys: frozenset[AssetKey]) -> None:
+        self._keys = keys
+        self._cache: OrderedDict[str, frozenset[AssetKey]] = OrderedDict()
+
+    def of(self, instance: Any, run_id: str) -> frozenset[AssetKey]:
+        cached = self._cache.get(run_id)
+        if cached is not None:
+            return cached
+        records = instance.get_records_for_run(
+            run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=1_000_000
+        ).records
+        planned = frozenset(
+            k
+            for r in records
+            if r.event_log_entry.dagster_event is not None
+            and (k := r.event_log_entry.dagster_event.asset_key) is not None
+            and k in self._keys
+        )
+        self._cache[run_id] = planned
+        while len(self._cache) > _PLANNED_CACHE:
+            self._cache.popitem(last=False)
+        return planned
+
+
+def build_coordinator(
+    name: str,
+    keys: frozenset[AssetKey],
+    unique_id_of: Mapping[AssetKey, str],
+    retry_job_def: Any,
+    policy: WatcherRetryPolicy | None,
+    shared: SharedReads,
+    *,
+    heartbeat_timeout: float,
+    minimum_interval_seconds: int,
+    default_status: DefaultSensorStatus,
+) -> SensorDefinition:
+    planned = _Planned(keys)
+    retry_job = retry_job_def.name
+
+    def evaluate(context: SensorEvaluationContext) -> SensorResult:
+        instance = context.instance
+        cursor = _CoordinatorCursor.load(context.cursor)
+        first = cursor is None
+        cursor = cursor or _CoordinatorCursor()
+        in_progress = []
+        for record in instance.get_run_records(filters=RunsFilter(statuses=_IN_PROGRESS)):
+            run = record.dagster_run
+            if not planned.of(instance, run.run_id):
+                continue
+            if end_if_dead(instance, run, heartbeat_timeout):
+                continue  # failed now: picked up below as a finished run
+            in_progress.append(run.run_id)
+
+        if first:
+            found = instance.get_run_records(
+                filters=RunsFilter(statuses=_FINISHED_FAILED), limit=_FIRST_LOOK_BACK, order_by="update_timestamp"
+            )[::-1]
+        else:
+            found = instance.get_run_records(
+                filters=RunsFilter(
+                    statuses=_FINISHED_FAILED,
+                    updated_after=datetime.fromtimestamp(cursor.updated_after, tz=UTC),
+                ),
+                limit=_PAGE,
+                order_by="update_timestamp",
+                ascending=True,
+            )
+        records = {r.dagster_run.run_id: r for r in found}
+        for run_id, record in records.items():
+            cursor.updated_after = max(cursor.updated_after, record.update_timestamp.timestamp())
+            if run_id not in cursor.pending and run_id not in cursor.decided:
+                cursor.pending.append(run_id)
+
+        requests: list[RunRequest] = []
+        reasons: list[str] = []
+        still: list[str] = []
+        for run_id in cursor.pending:
+            found_record = records.get(run_id) or instance.get_run_record_by_id(run_id)
+            if found_record is None:
+                continue  # deleted
+            record = found_record
+            run = record.dagster_run
+            # The finished run's outcome (shared with the per-model sensors) says what it planned.
+            outcomes = shared.run_outcomes(instance, run_id, finished=True)
+            if not outcomes.planned & keys:
+                continue  # not a run of this producer
+            batch = retry_batch(outcomes, policy or WatcherRetryPolicy(), unique_id_of)
+            batch = _not_taken_over(instance, shared, run_id, run.tags, batch)
+            busy: dict[AssetKey, str] = {}
+            for other in in_progress:
+                if other != run_id:
+                    for key in planned.of(instance, other) & batch:
+                        busy.setdefault(key, other)
+            ended = record.end_time or time.time()
+            facts = RunRetryFacts(
+                run_id=run_id,
+                run_status=run.status.value,
+                attempt=contract.attempt_of(run.tags),
+                seconds_since_end=time.time() - ended,
+                batch=frozenset(batch),
+                busy=busy,
+            )
+            verdict = decide_run_retry(facts, policy)
+            reasons.append(verdict.reason)
+            if verdict.action is RetryAction.WAIT:
+                still.append(run_id)
+                continue
+            cursor.decided = [*cursor.decided, run_id][-_REMEMBERED:]
+            if verdict.action is RetryAction.REQUEST:
+                partition = run.tags.get("dagster/partition")
+                requests.append(
+                    RunRequest(
+                        run_key=contract.retry_run_key(run_id),
+                        job_name=retry_job,
+                        asset_selection=sorted(verdict.batch, key=lambda k: k.to_user_string()),
+                        # Same resource/op config as the failed run (e.g. dbt vars set in the launchpad).
+                        run_config=run.run_config,
+                        partition_key=partition,
+                        tags={
+                            **contract.carried_run_tags(run.tags),
+                            **contract.retry_run_tags(run_id, verdict.attempt),
+                        },
+                    )
+                )
+        cursor.pending = still
+        skip = None if requests else (" ".join(reasons) or "no failed run to decide.")
+        return SensorResult(run_requests=requests, skip_reason=skip, cursor=cursor.dump())
+
+    evaluate.__annotations__ = {"context": SensorEvaluationContext, "return": SensorResult}
+    return SensorDefinition(
+        name=name,
+        evaluation_fn=evaluate,
+        jobs=[retry_job_def],
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description="dagster-watcher retry coordinator: decides each failed run's retry batch once.",
+    )
+
+
+def _not_taken_over(
+    instance: Any, shared: SharedReads, run_id: str, tags: Mapping[str, str], batch: set[AssetKey]
+) -> set[AssetKey]:
+    """The nodes of ``batch`` that no later run has planned or materialized since ``run_id`` did (a
+    later run's outcome is that run's to decide; a later materialization is success). Per partition
+    for a partitioned run."""
+    if not batch:
+        return batch
+    partition = tags.get("dagster/partition")
+    if partition is not None:
+        out = set()
+        for key in batch:
+            info = instance.get_latest_planned_materialization_info(key, partition)
+            if info is None or info.run_id == run_id:
+                out.add(key)
+        return out
+    snapshot = shared.snapshot(instance)
+    if snapshot is not None and all(k in snapshot for k in batch):
+        return {k for k in batch if snapshot[k].last_run_id in (run_id, None)}
+    return {
+        r.asset_entry.asset_key
+        for r in instance.get_asset_records(sorted(batch, key=lambda k: k.to_user_string()))
+        if r.asset_entry.last_run_id in (run_id, None)
+    }
