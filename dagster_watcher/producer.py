@@ -35,13 +35,15 @@ def start_step(context: AssetExecutionContext) -> BuildPlan | None:
     leave out what already succeeded in this run; plan the selection; record the process for the
     consumers' liveness check. Returns None when there is nothing to build."""
     already_done: frozenset[str] = frozenset()
-    if context.retry_number > 0:
-        # A retried step builds only what has not succeeded in this run so far, as recorded in the
-        # event log (so a retry on another machine sees the same truth).
+    # A retried step, or a run resumed by Dagster's run monitoring (its run already carries the
+    # liveness tags an earlier worker wrote), builds only what has not succeeded in this run so far, as
+    # recorded in the event log (so a worker on another machine sees the same truth).
+    resumed = contract.liveness_from_tags(context.run.tags) is not None
+    if context.retry_number > 0 or resumed:
         already_done = succeeded_in_run(context)
+        step = f"attempt {context.retry_number + 1}" if context.retry_number else "resumed run"
         context.log.info(
-            f"dagster-watcher: attempt {context.retry_number + 1}; {len(already_done)} node(s) already "
-            "succeeded in this run and are not rebuilt"
+            f"dagster-watcher: {step}; {len(already_done)} node(s) already succeeded in this run and are not rebuilt"
         )
     plan = plan_for_context(context, already_done)
     if plan.is_empty:
