@@ -6,6 +6,8 @@ Load it with `dagster dev -w workspace.yaml` (repo root) or run `./dev demo`.
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 from dagster import (
@@ -14,6 +16,7 @@ from dagster import (
     AssetSelection,
     Definitions,
     MaterializeResult,
+    MetadataValue,
     asset,
     define_asset_job,
 )
@@ -29,12 +32,23 @@ from dagster_watcher import (
 from dagster_watcher.project import prepare_manifest
 
 PROJECT_DIR = Path(__file__).resolve().parent
+# So the consumer finds local_postgres.py beside this file however Dagster loaded it.
+if str(PROJECT_DIR) not in sys.path:
+    sys.path.append(str(PROJECT_DIR))
 
 # The DuckDB file the profile writes to (profiles.yml reads this variable). Absolute, so dbt finds the
 # same file whatever directory Dagster runs it from.
 os.environ.setdefault("DAGSTER_WATCHER_DUCKDB_PATH", str(PROJECT_DIR / "target" / "shop.duckdb"))
 
-shop_project = DbtProject(project_dir=PROJECT_DIR, profiles_dir=PROJECT_DIR)
+# The dbt target (profiles.yml output): DuckDB `dev` by default; `postgres` runs on a PostgreSQL server
+# (`./dev demo --target postgres` starts one, see local_postgres.py). Each target has its own parse.
+TARGET = os.environ.get("DAGSTER_WATCHER_TARGET") or None
+shop_project = DbtProject(
+    project_dir=PROJECT_DIR,
+    profiles_dir=PROJECT_DIR,
+    target=TARGET,
+    target_path=Path("target") / TARGET if TARGET else Path("target"),
+)
 prepare_manifest(shop_project)
 
 
@@ -53,13 +67,39 @@ shop_watcher_job = define_asset_job(
 
 @asset(deps=[AssetKey("customers")], group_name="consumers")
 def customer_report(context: AssetExecutionContext) -> MaterializeResult:
-    """A consumer of the `customers` model. It starts while the dbt build is still running, so it
-    reads the model's materialization metadata from Dagster rather than the DuckDB file (a DuckDB
-    file admits one process at a time, and dbt holds it until the build ends)."""
+    """A consumer of the `customers` model. It starts while the dbt build is still running. On the
+    postgres target it reads the `customers` table itself and records how many rows it read, when,
+    and the producer run's status at that moment. On DuckDB it reads the model's materialization
+    metadata from Dagster instead (a DuckDB file admits one process at a time, and dbt holds it until
+    the build ends)."""
     latest = context.instance.get_latest_materialization_event(AssetKey("customers"))
     md = latest.asset_materialization.metadata if latest and latest.asset_materialization else {}
     relation = md["relation_name"].value if "relation_name" in md else None
-    return MaterializeResult(metadata={"upstream_run": latest.run_id if latest else "", "relation": str(relation)})
+    metadata: dict[str, MetadataValue] = {
+        "upstream_run": MetadataValue.text(latest.run_id if latest else ""),
+        "relation": MetadataValue.text(str(relation)),
+    }
+    if TARGET == "postgres" and relation:
+        from local_postgres import connect
+
+        conn = connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"select count(*), count(distinct customer_id), sum(number_of_orders) from {relation}")
+                rows, customers, orders = cur.fetchone()
+        finally:
+            conn.close()
+        read_at = time.time()
+        producer = context.instance.get_run_by_id(latest.run_id) if latest else None
+        metadata.update(
+            rows_read=MetadataValue.int(int(rows)),
+            distinct_customers=MetadataValue.int(int(customers)),
+            orders_of_customers=MetadataValue.int(int(orders or 0)),
+            read_at=MetadataValue.timestamp(read_at),
+            # STARTED here means the table was read while the one `dbt build` was still going.
+            upstream_run_status_at_read=MetadataValue.text(producer.status.value if producer else ""),
+        )
+    return MaterializeResult(metadata=metadata)
 
 
 customer_report_job = define_asset_job("customer_report_job", selection=[customer_report])
@@ -80,6 +120,7 @@ defs = Definitions(
     resources={
         "dbt_watcher": DbtWatcherResource(
             project_dir=shop_project,
+            target=TARGET,
             invocation_mode=os.environ.get("DAGSTER_WATCHER_INVOCATION_MODE", "auto"),  # type: ignore[arg-type]
             # e.g. DAGSTER_WATCHER_DBT_VARS='{"fail_model": "stg_orders"}' to see failure handling.
             dbt_vars=json.loads(os.environ.get("DAGSTER_WATCHER_DBT_VARS") or "{}"),

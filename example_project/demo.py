@@ -3,6 +3,7 @@
     ./dev demo                          # everything succeeds (one test warns)
     ./dev demo --fail-model stg_orders  # one model fails: see its error, its skipped downstream
     ./dev demo --mode subprocess        # dbt as a child process reading its JSON log
+    ./dev demo --target postgres        # on a local PostgreSQL server started for the demo (local_postgres.py)
 
 Each model's outcome is printed as dbt finishes it; the table at the end is read back from the Dagster
 instance (DAGSTER_HOME, default ./.dagster_home), i.e. what the UI shows in `dagster dev`.
@@ -23,7 +24,19 @@ def main() -> int:
     parser.add_argument("--fail-model", help="make this model fail (dbt var fail_model)")
     parser.add_argument("--mode", choices=["auto", "runner", "subprocess"], default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--target", choices=["dev", "postgres"], default="dev", help="dbt target (profiles.yml)")
     args = parser.parse_args()
+    if args.target == "postgres":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from local_postgres import local_postgres
+
+        os.environ["DAGSTER_WATCHER_TARGET"] = "postgres"
+        with local_postgres():
+            return run(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)

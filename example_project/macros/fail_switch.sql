@@ -8,15 +8,26 @@
     fails while the number of attempt files in flaky_dir is <= flaky_failures (default 1).
     flaky_dir must already exist.
 
-  The failing statements use DuckDB's error() / COPY / glob(); they are only ever rendered when
-  the vars are set, so other adapters (e.g. the bigquery target) see empty hooks.
+  The failing statements use DuckDB's error() / COPY / glob() (fail_model also has a PostgreSQL
+  form, for the postgres target); they are only ever rendered when the vars are set, so other
+  adapters (e.g. the bigquery target) see empty hooks.
+
+  * warehouse_latency: seconds every model, seed and snapshot first waits on the server
+    (pg_sleep; postgres target only), so the example behaves like a warehouse where each query
+    takes a while and the orchestrator's CPU is idle.
 -#}
 {% macro fail_switch() %}
   {%- if execute -%}
     {%- set node_name = model.name -%}
     {%- set fail_model = var('fail_model', none) -%}
     {%- set flaky_model = var('flaky_model', none) -%}
-    {%- if fail_model and fail_model == node_name -%}
+    {%- set latency = var('warehouse_latency', none) -%}
+    {%- if latency and target.type == 'postgres' -%}
+      select pg_sleep({{ latency | float }});
+    {%- endif -%}
+    {%- if fail_model and fail_model == node_name and target.type == 'postgres' -%}
+      do $$ begin raise exception 'dagster-watcher demo: model {{ node_name }} failed on purpose (dbt var fail_model)'; end $$
+    {%- elif fail_model and fail_model == node_name -%}
       select error('dagster-watcher demo: model {{ node_name }} failed on purpose (dbt var fail_model)')
     {%- elif flaky_model and flaky_model == node_name -%}
       {%- set flaky_dir = var('flaky_dir', none) -%}
