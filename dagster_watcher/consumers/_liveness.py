@@ -33,12 +33,16 @@ def _process_is_gone(tags: Mapping[str, str]) -> bool:
 def why_dead(tags: Mapping[str, str], heartbeat_timeout: float, now: float | None = None) -> str | None:
     """Why a STARTED run's producer is dead, or None when it may be alive.
 
-    A heartbeat older than ``heartbeat_timeout`` is death on any host (an OOM-killed pod, a hung
-    producer); without a heartbeat tag, only a pid recorded on THIS host that no longer exists is (on
-    another host the run stays in progress until Dagster's run monitoring or a person ends it)."""
+    A pid recorded on THIS host that no longer exists is death at once; a heartbeat older than
+    ``heartbeat_timeout`` is death on any host (an OOM-killed pod, a hung producer). A run on another
+    host without a heartbeat tag stays in progress until Dagster's run monitoring or a person ends it."""
     beat = contract.heartbeat_from_tags(tags)
     where = contract.liveness_from_tags(tags)
     name = f"pid {where[0]} on {where[1]}" if where else "the run worker"
+    # A gone process on this host is checked first: it is certain at once, while a fresh heartbeat only
+    # says the producer was alive when it last wrote one.
+    if _process_is_gone(tags):
+        return f"dagster-watcher: the run worker ({name}) is gone; nodes it did not report are treated as lost."
     if beat is not None:
         age = (time.time() if now is None else now) - beat
         if age > heartbeat_timeout:
@@ -46,9 +50,6 @@ def why_dead(tags: Mapping[str, str], heartbeat_timeout: float, now: float | Non
                 f"dagster-watcher: the producer ({name}) sent no heartbeat for {age:.0f}s (timeout "
                 f"{heartbeat_timeout:.0f}s); nodes it did not report are treated as lost."
             )
-        return None
-    if _process_is_gone(tags):
-        return f"dagster-watcher: the run worker ({name}) is gone; nodes it did not report are treated as lost."
     return None
 
 

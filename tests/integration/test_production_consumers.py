@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +61,11 @@ def test_liveness_rules() -> None:
     assert "no heartbeat for 300s (timeout 120s)" in (why_dead(stale, 120, now) or "")
     # No heartbeat tag: only a pid on this host can tell, so another host's run is never called dead.
     assert why_dead(contract.liveness_tags(1, "elsewhere"), 120, now) is None
+    # A gone process on this host is dead at once, even while its last heartbeat is still fresh.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here_fresh = {**contract.liveness_tags(gone.pid, socket.gethostname()), **contract.heartbeat_tags(now - 1)}
+    assert "is gone" in (why_dead(here_fresh, 120, now) or "")
 
 
 def test_retry_runs_carry_the_failed_runs_own_tags() -> None:
