@@ -29,15 +29,19 @@ from dagster import AssetExecutionContext, ConfigurableResource, DagsterInstance
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
-from .bigquery import COMPILED_IDS_KEY, BigQueryEngine, BigQueryEngineConfig, compile_project
-from .contract import RETRY_OF_TAG
-from .dagster_mapping import DagsterNodeEvent
-from .errors import WatcherConfigError
-from .invocation import InvocationExit
-from .planning import BuildPlan
-from .producer import start_step, stream_build
-from .project import checked_project_dir, profiles_dir_for, project_kwargs
-from .status import NodeResult
+from dagster_watcher._text import describe_exception, scrub_secrets
+from dagster_watcher.bigquery.compile import COMPILED_IDS_KEY, compile_project
+from dagster_watcher.bigquery.config import BigQueryEngineConfig
+from dagster_watcher.bigquery.engine import BigQueryEngine
+from dagster_watcher.bigquery.sql import COMPILE_ERROR_KEY, RENDERED_HOOKS_KEY
+from dagster_watcher.contract import RETRY_OF_TAG
+from dagster_watcher.dagster_mapping import DagsterNodeEvent
+from dagster_watcher.errors import WatcherConfigError
+from dagster_watcher.invocation import InvocationExit
+from dagster_watcher.planning import BuildPlan
+from dagster_watcher.producer import NoWork, start_step, stream_build
+from dagster_watcher.project import checked_project_dir, profiles_dir_for, project_kwargs
+from dagster_watcher.status import NodeResult
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -131,7 +135,7 @@ class BigQueryResultSource:
                 ok = ok and result.status.succeeded
                 yield result
         except Exception as error:  # noqa: BLE001 - e.g. no access to BigQuery: every node is then "lost"
-            self._exit = InvocationExit(ok=False, completed=False, error=f"{type(error).__name__}: {error}")
+            self._exit = InvocationExit(ok=False, completed=False, error=describe_exception(error))
             return
         cancelled = self.engine.cancelled
         self._exit = InvocationExit(
@@ -145,25 +149,6 @@ class BigQueryResultSource:
 
     def cancel(self) -> None:
         self.engine.cancel()
-
-
-class _CompileFailedSource:
-    """The compile failed before anything was submitted: no results, and an exit that says why (the
-    producer then records every selected node as lost and fails the step with dbt's output)."""
-
-    mode = "bigquery"
-
-    def __init__(self, error: str) -> None:
-        self.exit = InvocationExit(ok=False, completed=False, error=error)
-
-    def results(self) -> Iterator[NodeResult]:
-        return iter(())
-
-    def release_held(self) -> list[NodeResult]:
-        return []
-
-    def cancel(self) -> None:
-        pass
 
 
 class BigQueryWatcherResource(ConfigurableResource):
@@ -395,8 +380,11 @@ class BigQueryWatcherResource(ConfigurableResource):
                 context.run.run_id, plan, dbt_vars=dbt_vars, full_refresh=refresh, log=context.log
             )
         except Exception as error:  # noqa: BLE001 - recorded on every node, then the step fails
-            context.log.error(f"dagster-watcher: dbt compile failed, nothing was submitted: {error}")
-            yield from stream_build(context, plan, _CompileFailedSource(str(error)[-8000:]), progress=self.progress)
+            context.log.error(
+                f"dagster-watcher: dbt compile failed, nothing was submitted: {scrub_secrets(str(error))}"
+            )
+            source = NoWork.failed("bigquery", scrub_secrets(str(error))[-8000:])
+            yield from stream_build(context, plan, source, progress=self.progress)
             return
         unique_ids = self.nodes_to_run(plan, manifest)
         labels = {"dagster-run": context.run.run_id, "dagster-job": context.job_name}
@@ -449,8 +437,6 @@ _ANNOTATIONS = "dw-annotations.json"
 
 def _save_annotations(manifest: Mapping[str, Any], folder: Path) -> None:
     """Rendered hooks and compile errors live outside manifest.json: keep them beside it for reuse."""
-    from .bigquery import COMPILE_ERROR_KEY, RENDERED_HOOKS_KEY
-
     keep = {
         uid: {k: node[k] for k in (RENDERED_HOOKS_KEY, COMPILE_ERROR_KEY) if k in node}
         for uid, node in (manifest.get("nodes") or {}).items()
