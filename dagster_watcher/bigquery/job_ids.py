@@ -18,9 +18,13 @@ _LABEL_BAD = re.compile(r"[^a-z0-9_-]+")
 # sequence a previous attempt chose (an incremental model's first run creates the table, later runs
 # merge: the same job id must keep meaning the same statement). ``dw-invocation`` tells our own jobs
 # from a previous invocation's when a submit answers 409.
+#: Job label: the statement sequence (plan) the job belongs to.
 LABEL_PLAN = contract.LABEL_PLAN
+#: Job label: the index of the job's statement in its node's sequence.
 LABEL_STEP = contract.LABEL_STEP
+#: Job label: the engine invocation that submitted the job.
 LABEL_INVOCATION = contract.LABEL_INVOCATION
+#: Job label: the run id the job ids derive from.
 LABEL_RUN = contract.LABEL_RUN
 
 

@@ -56,6 +56,7 @@ _BIGQUERY_SCOPES = ("https://www.googleapis.com/auth/bigquery", "https://www.goo
 _COMPILE_INFO = "dw-compile.json"
 
 
+#: Which re-executions reuse the job ids of the run they re-execute (see :func:`job_run_key`).
 ReattachMode = Literal["from_failure", "always", "never"]
 
 
