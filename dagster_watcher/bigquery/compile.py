@@ -45,20 +45,43 @@ def compile_project(
     ``dbt compile`` needs the warehouse: ``is_incremental()`` and the relation cache ask BigQuery
     what exists. Compile right before a run so incremental models see the current state.
 
-    Without ``dbt_executable`` dbt runs from this interpreter (``python -m dagster_watcher.bigquery._compile_child``, dbtRunner) and two
-    things are added to the returned manifest: each node's pre-/post-hooks rendered by dbt
+    Without ``dbt_executable`` dbt runs from this interpreter (dbtRunner, in a child running
+    :mod:`dagster_watcher.bigquery._compile_child`) and two things are added to the returned manifest: each node's pre-/post-hooks rendered by dbt
     (:data:`RENDERED_HOOKS_KEY`; the engine runs the non-empty ones) and, with ``fail_fast=False``,
     each node that failed to compile carries dbt's error under :data:`COMPILE_ERROR_KEY` (the engine
     fails it and skips its descendants, like ``dbt build``) instead of the whole compile raising.
     With ``dbt_executable`` (dbt in another environment) the plain ``dbt compile`` CLI runs: hooks
     stay unrendered (nodes with hooks are then reported unsupported) and compile errors raise.
 
-    ``extra_args``: more ``dbt compile`` arguments (``--select``/``--exclude``/``--selector``,
-    ``--indirect-selection``, ``--full-refresh``). ``parse_cache``: a file where dbt's
-    ``partial_parse.msgpack`` is kept between compiles into different ``target_path`` folders, so
-    later compiles parse only what changed (dbt itself discards it when project, profile or vars differ).
-
     The manifest also lists the unique_ids the compile selected under :data:`COMPILED_IDS_KEY`.
+
+    Args:
+        project_dir: the dbt project (the folder with ``dbt_project.yml``).
+        profiles_dir: the folder with ``profiles.yml`` (default: dbt's own lookup).
+        target: a BigQuery output of the profile.
+        target_path: where dbt writes the manifest and logs (default: ``<project>/target``).
+        vars: dbt ``--vars``.
+        select: dbt ``--select`` arguments.
+        env: extra environment variables for dbt (e.g. what ``profiles.yml`` reads).
+        dbt_executable: dbt of another environment; the plain CLI then runs (see above).
+        extra_args: more ``dbt compile`` arguments (``--exclude``/``--selector``,
+            ``--indirect-selection``, ``--full-refresh``).
+        fail_fast: raise on the first node that fails to compile (``False``: mark it, go on).
+        parse_cache: a file where dbt's ``partial_parse.msgpack`` is kept between compiles into
+            different ``target_path`` folders, so later compiles parse only what changed (dbt itself
+            discards it when project, profile or vars differ).
+
+    Returns:
+        The parsed ``manifest.json`` with the additions above.
+
+    Raises:
+        BigQueryCompileError: dbt compile failed (profile, project, connection; or a node, unless
+            ``fail_fast=False``), with dbt's output.
+
+    Example::
+
+        manifest = compile_project("path/to/dbt_project", target="prod", fail_fast=False)
+        BigQueryEngine(BigQueryEngineConfig(project="my-project")).run(manifest, ids, run_id="r1")
     """
     project_dir = Path(project_dir).resolve()
     args = ["compile", "--project-dir", str(project_dir), "--quiet"]

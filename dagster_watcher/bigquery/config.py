@@ -18,7 +18,12 @@ class BigQueryEngineConfig:
     """How to reach BigQuery and how hard to drive it.
 
     ``project`` is the project jobs run (and are billed) in; the relations each node writes come
-    from the manifest and may live in other projects.
+    from the manifest and may live in other projects. Each field is documented below it.
+
+    Example::
+
+        BigQueryEngineConfig(project="my-project", location="EU", max_concurrent_jobs=50, job_timeout=3600)
+        BigQueryEngineConfig(project="test-proj", api_endpoint="http://127.0.0.1:9050")  # a local server
     """
 
     project: str
@@ -57,7 +62,15 @@ class BigQueryEngineConfig:
     their nodes are given up as ERROR (BigQuery cancellation is best effort)."""
 
     def make_client(self) -> Client:
-        """A ``google.cloud.bigquery.Client`` for this configuration."""
+        """A ``google.cloud.bigquery.Client`` for this configuration.
+
+        Raises:
+            google.auth.exceptions.DefaultCredentialsError: no credentials given and none found.
+
+        Example::
+
+            client = BigQueryEngineConfig(project="my-project").make_client()
+        """
         from google.cloud import bigquery
 
         credentials = self.credentials

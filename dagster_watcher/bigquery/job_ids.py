@@ -37,6 +37,17 @@ def make_job_id(prefix: str, run_id: str, unique_id: str, attempt: int, index: i
 
     Readable parts are sanitised to ``[A-Za-z0-9_-]``; a short hash of the raw run id and unique id
     keeps two ids apart that sanitise alike (``a.b`` vs ``a_b``). Always <= 1024 characters.
+
+    Args:
+        prefix: the engine's ``job_id_prefix`` (empty: none).
+        run_id: the run the ids derive from (a resumed run passes the run it resumes).
+        unique_id: the dbt node.
+        attempt: the node's attempt within that run (a failed job is retried under the next one).
+        index: the statement's index in the node's sequence.
+
+    Example::
+
+        make_job_id("dw", "run-1", "model.shop.orders", 0, 1)  # 'dw_run-1_model_shop_orders_<hash>_a0_s1'
     """
     digest = hashlib.sha1(f"{run_id}\0{unique_id}".encode()).hexdigest()[:10]
     run = _JOB_ID_BAD.sub("_", run_id)[:200]
@@ -48,7 +59,17 @@ def make_job_id(prefix: str, run_id: str, unique_id: str, attempt: int, index: i
 
 
 def console_link(project: str, location: str | None, job_id: str) -> str:
-    """The BigQuery console URL of a job (as dbt-bigquery logs it)."""
+    """The BigQuery console URL of a job (as dbt-bigquery logs it).
+
+    Args:
+        project: the project the job ran in.
+        location: the job's location (``None``: ``US``).
+        job_id: the job's id.
+
+    Example::
+
+        console_link("my-project", "EU", "dw_run-1_model_shop_orders_0123456789_a0_s0")
+    """
     return (
         f"https://console.cloud.google.com/bigquery?project={project}"
         f"&j=bq:{location or 'US'}:{job_id}&page=queryresults"

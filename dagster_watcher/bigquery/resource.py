@@ -72,6 +72,15 @@ def job_run_key(instance: DagsterInstance, run: DagsterRun, mode: ReattachMode =
     consumer sensor. Any other run, including "re-execute all", gets fresh job ids and rebuilds.
     ``"always"``: every re-execution resumes its root run. ``"never"``: only retries of a step
     within one run re-attach.
+
+    Args:
+        instance: the Dagster instance holding the runs.
+        run: the current Dagster run.
+        mode: which re-executions resume the run they re-execute.
+
+    Example::
+
+        key = job_run_key(context.instance, context.run, "from_failure")
     """
     if mode == "never":
         return run.run_id
@@ -105,7 +114,23 @@ def _resumed_run_id(instance: DagsterInstance, run: DagsterRun, mode: ReattachMo
 
 
 class BigQueryResultSource:
-    """A :class:`~dagster_watcher.producer.NodeResultSource` over :meth:`BigQueryEngine.run`."""
+    """A :class:`~dagster_watcher.producer.NodeResultSource` over :meth:`BigQueryEngine.run`.
+
+    An error of the engine itself (no access to BigQuery) ends the source with an exit that says so;
+    the producer then records every node not reported as lost.
+
+    Args:
+        engine: the engine that runs the nodes.
+        manifest: the manifest compiled for this run.
+        unique_ids: the nodes to run.
+        run_id: the run the job ids derive from (:func:`job_run_key`).
+        full_refresh: rebuild incremental models.
+
+    Example::
+
+        source = BigQueryResultSource(engine, manifest, unique_ids, job_run_key(context.instance, context.run))
+        yield from stream_build(context, plan, source)
+    """
 
     mode = "bigquery"
 
@@ -170,6 +195,14 @@ class BigQueryWatcherResource(ConfigurableResource):
     dbt is used only to compile (``dbt compile``, once per step, right before the jobs are
     submitted so ``is_incremental()`` sees the warehouse as it is); dbt's profile must reach the same
     BigQuery as the fields below.
+
+    Args:
+        project_dir: the dbt project: its folder or a dagster-dbt ``DbtProject``.
+        **kwargs: the fields below (each documented by its ``description``).
+
+    Raises:
+        WatcherConfigError: ``project_dir`` is not a dbt project folder, or ``credentials_json`` is
+            neither service-account JSON nor its base64 (when credentials are made).
     """
 
     # -- BigQuery ---------------------------------------------------------------------------------
@@ -368,8 +401,17 @@ class BigQueryWatcherResource(ConfigurableResource):
 
         Job ids are deterministic in (run, node, attempt, statement): a retried step or a run that
         resumes this one re-attaches to jobs still running or already succeeded. Terminating the run
-        cancels every job in flight. Raises :class:`dagster.Failure` once every outcome is recorded if
-        any node did not succeed.
+        cancels every job in flight.
+
+        Args:
+            context: the asset step's context.
+            dbt_vars: more dbt ``--vars`` for the compile (over the resource's ``dbt_vars``).
+            full_refresh: overrides the resource's ``full_refresh``.
+
+        Raises:
+            NodesDidNotSucceed: once every outcome is recorded, when a node did not succeed.
+            DbtDidNotComplete: once every outcome is recorded, when the compile failed (every node
+                is then lost, nothing was submitted) or the run was cancelled.
         """
         plan = start_step(context)
         if plan is None:

@@ -25,7 +25,12 @@ _MAIN_KINDS = ("create_view", "create_table", "merge", "insert", "load_seed", "t
 
 @dataclass(frozen=True)
 class Statement:
-    """One job of a node: a query (``sql``) or, for seeds, a CSV load (``load_path``)."""
+    """One job of a node: a query (``sql``) or, for seeds, a CSV load (``load_path``).
+
+    Example::
+
+        Statement("create_view", "create or replace view `p`.`d`.`v` as (select 1)")
+    """
 
     kind: str
     """``create_view``, ``create_table``, ``create_tmp``, ``merge``, ``insert``, ``drop_tmp``,
@@ -40,7 +45,15 @@ class Statement:
 
 
 def quote(identifier: str) -> str:
-    """Backtick-quote one BigQuery identifier part."""
+    """Backtick-quote one BigQuery identifier part.
+
+    Args:
+        identifier: one part (project, dataset, table or column), unquoted.
+
+    Example::
+
+        quote("my-project")  # '`my-project`'
+    """
     return "`" + identifier.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
@@ -49,6 +62,17 @@ def relation_of(node: Mapping[str, Any], suffix: str = "") -> str:
 
     ``relation_name`` from the manifest is used as is when there is no suffix: dbt already applied
     alias, schema and database configs (and custom ``generate_*_name`` macros) to it.
+
+    Args:
+        node: the node as in ``manifest.json``.
+        suffix: appended to the identifier (``__dbt_tmp``).
+
+    Raises:
+        KeyError: the node has neither ``relation_name`` nor ``database``/``schema``/``name``.
+
+    Example::
+
+        relation_of(manifest["nodes"]["model.shop.orders"])  # '`proj`.`shop`.`orders`'
     """
     if not suffix and node.get("relation_name"):
         return str(node["relation_name"])
