@@ -8,34 +8,30 @@ what finished jobs mean is read by :mod:`dagster_watcher.bigquery._outcomes`.
 from __future__ import annotations
 
 import heapq
-import io
 import logging
 import time
 import uuid
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster_watcher._text import describe_exception, scrub_secrets
+from dagster_watcher._text import describe_exception
 from dagster_watcher.bigquery._outcomes import (
-    _adapter_response,
     _job_error_message,
     _main_job,
+    _node_result,
     _success_message,
     _test_outcome,
 )
 from dagster_watcher.bigquery._planner import _plan_from_label, _StatementPlanner
 from dagster_watcher.bigquery._state import _NodeJob
+from dagster_watcher.bigquery._submit import job_labels, submit_statement
 from dagster_watcher.bigquery.graph import _build_graph
 from dagster_watcher.bigquery.job_ids import (
     LABEL_INVOCATION,
     LABEL_PLAN,
-    LABEL_RUN,
-    LABEL_STEP,
     _label_value,
     make_job_id,
 )
-from dagster_watcher.bigquery.sql import Statement, _schema_field
 from dagster_watcher.status import NodeResult, NodeStatus
 
 if TYPE_CHECKING:
@@ -164,19 +160,6 @@ class _Invocation:
                 self._fail(node_job, describe_exception(error))
         return progressed
 
-    def _job_labels(self, node_job: _NodeJob) -> dict[str, str]:
-        labels = {_label_value(k): _label_value(v) for k, v in self.config.labels.items()}
-        labels.update(
-            {
-                LABEL_RUN: _label_value(self.run_id),
-                LABEL_PLAN: _label_value(node_job.plan or ""),
-                LABEL_STEP: str(node_job.index),
-                LABEL_INVOCATION: self.invocation_id,
-                "dbt-node": _label_value(node_job.spec.unique_id.split(".")[-1]),
-            }
-        )
-        return labels
-
     def _advance(self, node_job: _NodeJob) -> None:
         """Submit the node's current statement; on 409 re-attach and walk forward.
 
@@ -200,7 +183,9 @@ class _Invocation:
             # inside the re-attach still cancels it. Only a clean outcome clears the mark.
             self.jobs.begin_submit(job_id)
             try:
-                job = self._submit(node_job, node_job.statements[node_job.index], job_id)
+                labels = job_labels(self.config, node_job, self.run_id, self.invocation_id)
+                statement = node_job.statements[node_job.index]
+                job = submit_statement(self.engine.client, self.config, statement, job_id, labels)
             except Conflict:
                 job = self.engine.client.get_job(
                     job_id, project=self.config.project, location=self.config.location, timeout=self.config.api_timeout
@@ -262,55 +247,6 @@ class _Invocation:
         node_job.done_jobs.append(job)
         node_job.index += 1
         return "next"
-
-    def _submit(self, node_job: _NodeJob, statement: Statement, job_id: str) -> Any:
-        from google.cloud import bigquery
-
-        client, config = self.engine.client, self.config
-        labels = self._job_labels(node_job)
-        timeout_ms = int(config.job_timeout * 1000) if config.job_timeout else None
-        if statement.kind == "load_seed":
-            load_config = bigquery.LoadJobConfig(
-                source_format=bigquery.SourceFormat.CSV,
-                skip_leading_rows=1,
-                field_delimiter=statement.delimiter,
-                allow_quoted_newlines=True,
-                write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-                schema=[_schema_field(n, t) for n, t in statement.load_schema],
-                labels=labels,
-            )
-            if timeout_ms:
-                load_config.job_timeout_ms = timeout_ms
-            data = Path(statement.load_path or "").read_bytes()
-            # Seeds are small (dbt's own advice): the upload is one request, the load runs async.
-            return client.load_table_from_file(
-                io.BytesIO(data),
-                str(statement.load_destination),
-                job_id=job_id,
-                job_config=load_config,
-                size=len(data),
-                project=config.project,
-                location=config.location,
-                timeout=config.api_timeout,
-            )
-        query_config = bigquery.QueryJobConfig(labels=labels, use_legacy_sql=False)
-        if config.dataset:
-            query_config.default_dataset = (
-                config.dataset if "." in config.dataset else f"{config.project}.{config.dataset}"
-            )
-        if timeout_ms:
-            query_config.job_timeout_ms = timeout_ms
-        # job_retry=None: with our own job id, a retried query must not get a new id; a transient
-        # failure of the insert call itself is retried by `retry` and ends in 409 -> re-attach.
-        return client.query(
-            str(statement.sql),
-            job_config=query_config,
-            job_id=job_id,
-            job_retry=None,
-            project=config.project,
-            location=config.location,
-            timeout=config.api_timeout,
-        )
 
     def _start_polling(self, node_job: _NodeJob, job: Any) -> None:
         node_job.job = job
@@ -486,27 +422,15 @@ class _Invocation:
         if node_job.spec.unique_id in self.finished:
             return
         self.finished.add(node_job.spec.unique_id)
-        node = node_job.spec.node
-        jobs = node_job.done_jobs
-        started = min((j.started for j in jobs if j.started), default=None)
-        ended = max((j.ended for j in jobs if j.ended), default=None)
         self.results.append(
-            NodeResult(
-                unique_id=node_job.spec.unique_id,
-                resource_type=node_job.spec.resource_type,
-                status=status,
-                dbt_status=dbt_status,
-                # BigQuery echoes SQL and values in its errors: masked like dbt's text.
-                message=scrub_secrets(message) if message else message,
-                execution_time=(ended - started).total_seconds() if started and ended else None,
-                adapter_response=_adapter_response(node_job, self.config.location) if jobs else {},
+            _node_result(
+                node_job,
+                status,
+                dbt_status,
+                message=message,
                 failures=failures,
-                compiled_code=node.get("compiled_code"),
-                relation_name=node.get("relation_name") if node_job.spec.resource_type != "test" else None,
-                started_at=started,
-                completed_at=ended,
-                thread="bigquery-async",
-                invocation_id=self.run_id,
                 skipped_because=skipped_because,
+                run_id=self.run_id,
+                default_location=self.config.location,
             )
         )

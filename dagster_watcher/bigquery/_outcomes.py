@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from dagster_watcher._text import scrub_secrets
 from dagster_watcher.bigquery._state import _NodeJob
 from dagster_watcher.bigquery.job_ids import console_link
 from dagster_watcher.bigquery.sql import _MAIN_KINDS
-from dagster_watcher.status import NodeStatus
+from dagster_watcher.status import NodeResult, NodeStatus
 
 
 def _test_outcome(node_job: _NodeJob, api_timeout: float) -> tuple[NodeStatus, str, int | None, str | None]:
@@ -105,3 +106,39 @@ def _job_error_message(job: Any) -> str:
             parts.append(text)
     reason = result.get("reason")
     return "; ".join(parts) + (f" (reason: {reason}, job {job.job_id})" if reason else f" (job {job.job_id})")
+
+
+def _node_result(
+    node_job: _NodeJob,
+    status: NodeStatus,
+    dbt_status: str,
+    *,
+    message: str | None,
+    failures: int | None,
+    skipped_because: tuple[str, ...],
+    run_id: str,
+    default_location: str | None,
+) -> NodeResult:
+    """The terminal result of a node job, from its finished jobs."""
+    node = node_job.spec.node
+    jobs = node_job.done_jobs
+    started = min((j.started for j in jobs if j.started), default=None)
+    ended = max((j.ended for j in jobs if j.ended), default=None)
+    return NodeResult(
+        unique_id=node_job.spec.unique_id,
+        resource_type=node_job.spec.resource_type,
+        status=status,
+        dbt_status=dbt_status,
+        # BigQuery echoes SQL and values in its errors: masked like dbt's text.
+        message=scrub_secrets(message) if message else message,
+        execution_time=(ended - started).total_seconds() if started and ended else None,
+        adapter_response=_adapter_response(node_job, default_location) if jobs else {},
+        failures=failures,
+        compiled_code=node.get("compiled_code"),
+        relation_name=node.get("relation_name") if node_job.spec.resource_type != "test" else None,
+        started_at=started,
+        completed_at=ended,
+        thread="bigquery-async",
+        invocation_id=run_id,
+        skipped_because=skipped_because,
+    )

@@ -102,6 +102,7 @@ BIGQUERY_MODULES = [
     "_outcomes",
     "_planner",
     "_state",
+    "_submit",
     "compile",
     "config",
     "engine",
