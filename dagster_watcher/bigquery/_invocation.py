@@ -7,18 +7,17 @@ what finished jobs mean is read by :mod:`dagster_watcher.bigquery._outcomes`.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 import uuid
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagster_watcher._text import describe_exception
+from dagster_watcher.bigquery._ledger import _Ledger
 from dagster_watcher.bigquery._outcomes import (
     _job_error_message,
     _main_job,
-    _node_result,
     _success_message,
     _test_outcome,
 )
@@ -63,13 +62,8 @@ class _Invocation:
         self.planner = _StatementPlanner(lambda: engine.client, engine.config, full_refresh=full_refresh)
         self.graph = _build_graph(manifest, list(unique_ids), build_semantics=build_semantics)
         self.invocation_id = uuid.uuid4().hex[:16]
-        self.node_jobs = {uid: _NodeJob(spec) for uid, spec in self.graph.items()}
-        self.remaining_parents = {uid: len(n.parents) for uid, n in self.graph.items()}
-        self.finished: set[str] = set()
-        self.ready: list[tuple[int, str]] = []
+        self.ledger = _Ledger(self.graph, run_id, engine.config.location)
         self.inflight: dict[str, _NodeJob] = {}
-        self.results: list[NodeResult] = []
-        self.skipped_because: dict[str, tuple[str, ...]] = {}
         self.cancel_seen_at: float | None = None
 
     # ---------------------------------------------------------------------------- main loop
@@ -82,14 +76,11 @@ class _Invocation:
         try:
             if self.config.create_datasets:
                 self._create_datasets()
-            for uid, count in self.remaining_parents.items():
-                if count == 0:
-                    heapq.heappush(self.ready, (-self.graph[uid].priority, uid))
             next_poll = time.monotonic()
-            while len(self.finished) < len(self.graph):
+            while not self.ledger.all_finished:
                 progressed = False
                 if self.jobs.cancelled:
-                    progressed |= self._drop_unsubmitted()
+                    progressed |= self.ledger.drop_unsubmitted(self.inflight)
                     progressed |= self._give_up_after_grace()
                 else:
                     progressed |= self._submit_ready()
@@ -100,10 +91,10 @@ class _Invocation:
                 if reload:
                     next_poll = now + self.config.poll_interval
                 progressed |= self._poll(reload=reload)
-                if not (progressed or self.inflight or self.ready or self.jobs.cancelled):
-                    self._fail_stuck()  # never expected; guarantees termination and a result each
-                yield from self._drain()
-                if len(self.finished) >= len(self.graph):
+                if not (progressed or self.inflight or self.ledger.ready or self.jobs.cancelled):
+                    self.ledger.fail_stuck()  # never expected; guarantees termination and a result each
+                yield from self.ledger.drain()
+                if self.ledger.all_finished:
                     break
                 if not progressed:
                     pause = max(0.0, next_poll - time.monotonic())
@@ -111,7 +102,7 @@ class _Invocation:
                         time.sleep(pause)
                     else:  # cancel() wakes the loop up at once
                         self.jobs.wait_for_cancel(pause)
-            yield from self._drain()
+            yield from self.ledger.drain()
         finally:
             leftover = [r.job for r in self.inflight.values() if r.job is not None]
             leftover += self.jobs.submitting_job_ids()
@@ -119,17 +110,13 @@ class _Invocation:
                 logger.warning("result iterator closed with %d jobs in flight: cancelling them", len(leftover))
                 self.engine.cancel()
 
-    def _drain(self) -> Iterator[NodeResult]:
-        while self.results:
-            yield self.results.pop(0)
-
     def _create_datasets(self) -> None:
         from google.cloud import bigquery
 
         datasets = sorted(
             {
                 (r.spec.node["database"], r.spec.node["schema"])
-                for r in self.node_jobs.values()
+                for r in self.ledger.node_jobs.values()
                 if r.spec.resource_type in ("model", "seed") and not r.spec.unsupported
             }
         )
@@ -143,21 +130,21 @@ class _Invocation:
 
     def _submit_ready(self) -> bool:
         progressed = False
-        while self.ready and len(self.inflight) < self.config.max_concurrent_jobs:
+        while self.ledger.ready and len(self.inflight) < self.config.max_concurrent_jobs:
             if self.jobs.cancelled:
                 break
-            _, uid = heapq.heappop(self.ready)
-            node_job = self.node_jobs[uid]
+            node_job = self.ledger.pop_ready()
+            uid = node_job.spec.unique_id
             progressed = True
             if node_job.spec.unsupported:
-                self._fail(node_job, node_job.spec.unsupported)
+                self.ledger.fail(node_job, node_job.spec.unsupported)
                 continue
             try:
                 self.planner.choose(node_job)
                 self._advance(node_job)
             except Exception as error:
                 logger.exception("submitting %s failed", uid)
-                self._fail(node_job, describe_exception(error))
+                self.ledger.fail(node_job, describe_exception(error))
         return progressed
 
     def _advance(self, node_job: _NodeJob) -> None:
@@ -270,7 +257,7 @@ class _Invocation:
                     logger.warning("polling %s failed (%d): %s", job.job_id, node_job.poll_errors, error)
                     if node_job.poll_errors >= self.config.max_poll_errors:
                         self._finish_job(node_job)
-                        self._fail(node_job, f"lost contact with BigQuery job {job.job_id}: {error}")
+                        self.ledger.fail(node_job, f"lost contact with BigQuery job {job.job_id}: {error}")
                         progressed = True
                     continue
             if job.state == "DONE":
@@ -282,7 +269,7 @@ class _Invocation:
                 node_job.done_jobs.append(job)
                 node_job.index += 1
                 if self.jobs.cancelled and node_job.index < len(node_job.statements):
-                    self._fail(
+                    self.ledger.fail(
                         node_job,
                         f"run cancelled after statement {node_job.index} of "
                         f"{len(node_job.statements)} ({node_job.statements[node_job.index - 1].kind})",
@@ -293,7 +280,7 @@ class _Invocation:
                     self._advance(node_job)
                 except Exception as error:
                     logger.exception("submitting the next statement of %s failed", uid)
-                    self._fail(node_job, describe_exception(error))
+                    self.ledger.fail(node_job, describe_exception(error))
             elif self.config.job_timeout and time.monotonic() - node_job.submitted_at > self.config.job_timeout:
                 progressed = True
                 try:
@@ -304,7 +291,7 @@ class _Invocation:
                     logger.warning("could not cancel timed-out job %s: %s", job.job_id, error)
                 self._finish_job(node_job)
                 node_job.done_jobs.append(job)
-                self._fail(
+                self.ledger.fail(
                     node_job,
                     f"BigQuery job {job.job_id} ({node_job.statements[node_job.index].kind}) "
                     f"exceeded job_timeout={self.config.job_timeout:g}s and was cancelled",
@@ -321,9 +308,9 @@ class _Invocation:
         reason = (job.error_result or {}).get("reason")
         message = _job_error_message(job)
         if reason == "stopped":
-            self._fail(node_job, f"BigQuery job {job.job_id} was cancelled: {message}", dbt_status="cancelled")
+            self.ledger.fail(node_job, f"BigQuery job {job.job_id} was cancelled: {message}", dbt_status="cancelled")
         else:
-            self._fail(node_job, message)
+            self.ledger.fail(node_job, message)
 
     # ------------------------------------------------------------------------------- outcomes
 
@@ -335,48 +322,11 @@ class _Invocation:
             status, dbt_status, failures, message = _test_outcome(node_job, self.config.api_timeout)
         else:
             message = _success_message(_main_job(node_job))
-        self._emit(node_job, status, dbt_status, message=message, failures=failures)
+        self.ledger.emit(node_job, status, dbt_status, message=message, failures=failures)
         if status.succeeded:
-            for child in spec.children:
-                if child in self.finished or child in self.skipped_because:
-                    continue
-                self.remaining_parents[child] -= 1
-                if self.remaining_parents[child] == 0:
-                    heapq.heappush(self.ready, (-self.graph[child].priority, child))
+            self.ledger.release_children(spec.unique_id)
         else:
-            self._skip_descendants(spec.unique_id)
-
-    def _fail(self, node_job: _NodeJob, message: str, *, dbt_status: str = "error") -> None:
-        self._emit(node_job, NodeStatus.ERROR, dbt_status, message=message)
-        self._skip_descendants(node_job.spec.unique_id)
-
-    def _skip_descendants(self, failed: str) -> None:
-        stack = list(self.graph[failed].children)
-        while stack:
-            uid = stack.pop()
-            if uid in self.finished or uid in self.skipped_because:
-                continue
-            self.skipped_because[uid] = (failed,)
-            node_job = self.node_jobs[uid]
-            self._emit(
-                node_job,
-                NodeStatus.SKIPPED,
-                "skipped",
-                skipped_because=(failed,),
-                message=f"skipped: upstream {failed} did not succeed",
-            )
-            stack.extend(self.graph[uid].children)
-
-    def _fail_stuck(self) -> None:
-        for uid, node_job in self.node_jobs.items():
-            if uid not in self.finished:
-                waiting = sorted(p for p in node_job.spec.parents if p not in self.finished)
-                self._emit(
-                    node_job,
-                    NodeStatus.ERROR,
-                    "error",
-                    message=f"internal error: node never became ready (waiting for {waiting})",
-                )
+            self.ledger.skip_descendants(spec.unique_id)
 
     def _give_up_after_grace(self) -> bool:
         """Cancellation is best effort: do not wait forever for jobs that ignore it."""
@@ -390,47 +340,10 @@ class _Invocation:
             job = node_job.job
             self._finish_job(node_job)
             node_job.done_jobs.append(job)
-            self._fail(
+            self.ledger.fail(
                 node_job,
                 f"run cancelled; BigQuery job {job.job_id} still reported {job.state} "
                 f"after {self.config.cancel_grace:g}s",
                 dbt_status="cancelled",
             )
         return True
-
-    def _drop_unsubmitted(self) -> bool:
-        """After cancel(): nodes never submitted end as LOST (they did not run; no upstream failed)."""
-        progressed = False
-        for uid, node_job in self.node_jobs.items():
-            if uid in self.finished or uid in self.inflight:
-                continue
-            self._emit(node_job, NodeStatus.LOST, "cancelled", message="not submitted: the run was cancelled")
-            progressed = True
-        self.ready.clear()
-        return progressed
-
-    def _emit(
-        self,
-        node_job: _NodeJob,
-        status: NodeStatus,
-        dbt_status: str,
-        *,
-        message: str | None = None,
-        failures: int | None = None,
-        skipped_because: tuple[str, ...] = (),
-    ) -> None:
-        if node_job.spec.unique_id in self.finished:
-            return
-        self.finished.add(node_job.spec.unique_id)
-        self.results.append(
-            _node_result(
-                node_job,
-                status,
-                dbt_status,
-                message=message,
-                failures=failures,
-                skipped_because=skipped_because,
-                run_id=self.run_id,
-                default_location=self.config.location,
-            )
-        )

@@ -11,14 +11,12 @@ import pytest
 from dagster_watcher.bigquery import (
     JOB_ID_MAX_LENGTH,
     RENDERED_HOOKS_KEY,
-    BigQueryEngine,
-    BigQueryEngineConfig,
     console_link,
     make_job_id,
     quote,
     relation_of,
 )
-from dagster_watcher.bigquery._invocation import _Invocation
+from dagster_watcher.bigquery._ledger import _Ledger
 from dagster_watcher.bigquery.graph import _build_graph, _topological, _unsupported_reason
 from dagster_watcher.bigquery.sql import (
     COMPILE_ERROR_KEY,
@@ -228,14 +226,15 @@ def test_a_plain_table_view_and_incremental_are_supported():
 
 
 def test_a_failed_node_skips_every_descendant_once_and_names_the_failure():
+    """Also: a second outcome for a finished node is ignored (exactly one result each)."""
     a, b, c = _node("a"), _node("b", "model.pkg.a"), _node("c", "model.pkg.b", "model.pkg.a")
     other = _node("other")
     manifest = _manifest(a, b, c, other)
-    engine = BigQueryEngine(BigQueryEngineConfig(project="p"))
-    invocation = _Invocation(engine, manifest, list(manifest["nodes"]), "r", full_refresh=False, build_semantics=True)
-    invocation._fail(invocation.node_jobs["model.pkg.a"], "boom")
-    by_id = {r.unique_id: r for r in invocation.results}
-    assert len(invocation.results) == 3
+    ledger = _Ledger(_build_graph(manifest, list(manifest["nodes"]), build_semantics=True), "r", None)
+    ledger.fail(ledger.node_jobs["model.pkg.a"], "boom")
+    ledger.fail(ledger.node_jobs["model.pkg.a"], "reported twice")
+    by_id = {r.unique_id: r for r in ledger.drain()}
+    assert len(by_id) == 3 and not ledger.results
     assert by_id["model.pkg.a"].status is NodeStatus.ERROR and by_id["model.pkg.a"].message == "boom"
     for uid in ("model.pkg.b", "model.pkg.c"):
         assert by_id[uid].status is NodeStatus.SKIPPED
@@ -247,8 +246,7 @@ def test_a_failed_node_skips_every_descendant_once_and_names_the_failure():
 def test_secrets_in_bigquery_error_text_are_masked(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DBT_ENV_SECRET_TOKEN", "hunter2")
     manifest = _manifest(_node("a"))
-    engine = BigQueryEngine(BigQueryEngineConfig(project="p"))
-    invocation = _Invocation(engine, manifest, ["model.pkg.a"], "r", full_refresh=False, build_semantics=True)
-    invocation._fail(invocation.node_jobs["model.pkg.a"], "Syntax error near 'hunter2'")
-    (result,) = invocation.results
+    ledger = _Ledger(_build_graph(manifest, ["model.pkg.a"], build_semantics=True), "r", None)
+    ledger.fail(ledger.node_jobs["model.pkg.a"], "Syntax error near 'hunter2'")
+    (result,) = ledger.results
     assert result.message is not None and "hunter2" not in result.message

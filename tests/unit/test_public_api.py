@@ -99,6 +99,7 @@ BIGQUERY_MODULES = [
     "__init__",
     "_compile_child",
     "_invocation",
+    "_ledger",
     "_outcomes",
     "_planner",
     "_state",
