@@ -43,7 +43,7 @@ from dagster_dbt import DbtProject  # noqa: E402
 from dagster_watcher import BigQueryWatcherResource, dbt_watcher_assets  # noqa: E402
 from dagster_watcher.bigquery import compile_project  # noqa: E402
 from dagster_watcher.project import prepare_manifest  # noqa: E402
-from tests import bigquery_server  # noqa: E402
+from tests.support.bigquery import server as bigquery_server  # noqa: E402
 
 
 def generate_project(root: Path, models: int, slow_n: int) -> Path:

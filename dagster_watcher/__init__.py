@@ -11,7 +11,7 @@ Example::
 from importlib.metadata import PackageNotFoundError, version
 
 from .asset_decorator import dbt_watcher_assets
-from .bigquery_resource import BigQueryWatcherResource
+from .bigquery.resource import BigQueryWatcherResource
 from .consumers import build_watcher_schedule, build_watcher_sensors
 from .contract import PRODUCER_TAG
 from .errors import (

@@ -36,8 +36,36 @@ def dbt_watcher_assets(
     single ``dbt build`` whose node outcomes are written to Dagster as they finish.
 
     Takes the same arguments as dagster-dbt's ``@dbt_assets`` and produces the same asset keys, so
-    switching is one import. ``retry_policy`` may be a :class:`WatcherRetryPolicy`: a retried step then
-    re-runs only the nodes that did not succeed, in one dbt invocation. The body runs the build::
+    switching is one import. The decorated function is the step's body; it runs the build with
+    :meth:`DbtWatcherResource.build` (or ``BigQueryWatcherResource.build`` for BigQuery jobs).
+
+    Args:
+        manifest: the dbt manifest, as a path to ``manifest.json`` (read as it is on disk when the
+            definitions load) or the parsed mapping.
+        project: the ``DbtProject`` the manifest belongs to, as in ``@dbt_assets``.
+        select: dbt selection of the nodes these assets cover (default: every node).
+        exclude: dbt exclusion applied to ``select``.
+        selector: a named selector of the project, instead of ``select``/``exclude``.
+        name: the op's name (default: the decorated function's name).
+        dagster_dbt_translator: maps dbt nodes to asset keys, groups, metadata, as in dagster-dbt.
+        partitions_def: partitions of the assets, as in ``@dbt_assets``.
+        backfill_policy: as in ``@dbt_assets``.
+        op_tags: extra tags on the op; the producer's own tag is always added.
+        retry_policy: a Dagster ``RetryPolicy``, or a :class:`WatcherRetryPolicy`: a retried step then
+            re-runs only the nodes that did not succeed, in one dbt invocation, and errors the policy
+            calls non-retryable fail the step for good.
+        pool: the Dagster concurrency pool of the step.
+
+    Returns:
+        A decorator turning the body into an ``AssetsDefinition``.
+
+    Raises:
+        dagster.DagsterInvalidDefinitionError: from dagster-dbt, for arguments it rejects (e.g. both
+            ``selector`` and ``select``, or a body without a ``context`` parameter).
+        OSError: the manifest path cannot be read.
+        ValueError: the file at the manifest path is not JSON.
+
+    Example::
 
         @dbt_watcher_assets(manifest=my_project.manifest_path, project=my_project)
         def my_dbt(context: AssetExecutionContext, dbt_watcher: DbtWatcherResource):

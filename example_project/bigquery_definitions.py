@@ -9,7 +9,7 @@ Off by default: ``workspace.yaml`` does not load this file. Load it explicitly::
 It uses the ``bigquery`` target of ``profiles.yml`` (dbt compiles against it) and the same environment
 variables for the resource, so dbt and the jobs always talk to the same BigQuery:
 
-- A local BigQuery-API server (what the tests use): ``python tests/bigquery_server.py serve`` prints
+- A local BigQuery-API server (what the tests use): ``python -m tests.support.bigquery.server serve`` prints
   its URL; ``export DAGSTER_WATCHER_BQ_ENDPOINT=<that URL>``. Project ``test-proj``, anonymous access.
 - Real BigQuery: ``export DAGSTER_WATCHER_BQ_ENDPOINT=https://bigquery.googleapis.com``,
   ``DAGSTER_WATCHER_BQ_PROJECT=<your project>``, ``DAGSTER_WATCHER_BQ_DATASET=<dataset>``, and

@@ -19,8 +19,8 @@ from dagster_dbt import DbtProject
 from dagster_watcher import DbtWatcherResource, dbt_watcher_assets
 from dagster_watcher.project import prepare_manifest
 
-from . import bigquery_server
 from .support import EXAMPLE, REPO, WatcherRun, run_watcher
+from .support.bigquery import server as bigquery_server
 
 __all__ = ["EXAMPLE", "REPO", "WatcherRun", "run_watcher"]
 

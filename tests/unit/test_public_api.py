@@ -93,6 +93,52 @@ def test_py_typed_ships():
     assert "py.typed" in pyproject["tool"]["setuptools"]["package-data"]["dagster_watcher"]
 
 
+# -- the BigQuery package ---------------------------------------------------------------------------
+
+BIGQUERY_MODULES = [
+    "__init__",
+    "_compile_child",
+    "_invocation",
+    "_ledger",
+    "_outcomes",
+    "_planner",
+    "_state",
+    "_submit",
+    "compile",
+    "config",
+    "engine",
+    "graph",
+    "job_ids",
+    "resource",
+    "sql",
+]
+
+
+def test_bigquery_is_a_package_of_these_modules_none_over_600_lines():
+    folder = PACKAGE / "bigquery"
+    assert sorted(p.stem for p in folder.glob("*.py")) == BIGQUERY_MODULES
+    assert not (PACKAGE / "bigquery.py").exists() and not (PACKAGE / "bigquery_resource.py").exists()
+    for path in folder.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 600, path.name
+
+
+@pytest.mark.parametrize("name", sorted(__import__("dagster_watcher.bigquery").bigquery.__all__))
+def test_every_public_bigquery_name_is_importable_and_documented(name: str):
+    import dagster_watcher.bigquery as bigquery
+
+    value = getattr(bigquery, name)
+    if inspect.isclass(value) or inspect.isfunction(value):
+        assert value.__doc__ and value.__doc__.strip(), f"{name} has no docstring"
+    else:
+        assert _has_doc_comment(name), f"{name} has no `#:` doc comment"
+
+
+def test_the_resource_is_the_same_object_from_both_homes():
+    import dagster_watcher.bigquery as bigquery
+
+    assert dagster_watcher.BigQueryWatcherResource is bigquery.BigQueryWatcherResource
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 

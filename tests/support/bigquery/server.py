@@ -18,7 +18,7 @@ Usage from pytest (session fixture)::
     with running_server() as server:
         client = server.client()
 
-or by hand: ``python tests/bigquery_server.py serve`` (prints the URL, Ctrl-C stops it).
+or by hand: ``python -m tests.support.bigquery.server serve`` (prints the URL, Ctrl-C stops it).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CACHE_DIR = REPO_ROOT / ".bq-emulator"
 DEFAULT_PROJECT = "test-proj"
 

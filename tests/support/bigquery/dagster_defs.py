@@ -1,4 +1,4 @@
-"""Dagster definitions over ``tests/bq_project`` for the BigQuery producer tests.
+"""Dagster definitions over ``tests/support/bigquery/bq_project`` for the BigQuery producer tests.
 
 Loaded by the tests in their own process and, for the termination and re-attach tests, by a real run
 worker (``dagster api execute_run``) in a subprocess. Everything comes from environment variables, so

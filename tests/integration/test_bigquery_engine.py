@@ -28,12 +28,12 @@ from dagster_watcher.bigquery import (
 )
 from dagster_watcher.status import NodeResult, NodeStatus
 
-from . import bigquery_server
-from .bigquery_server import jobs_with_prefix, node_jobs, rows
+from ..support.bigquery import server as bigquery_server
+from ..support.bigquery.server import jobs_with_prefix, node_jobs, rows
 
 pytestmark = pytest.mark.bigquery
 
-PROJECT_DIR = Path(__file__).parent / "bq_project"
+PROJECT_DIR = Path(__file__).resolve().parents[1] / "support" / "bigquery" / "bq_project"
 PKG = "bq_project"
 
 

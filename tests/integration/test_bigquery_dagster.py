@@ -55,21 +55,21 @@ from dagster._serdes import serialize_value
 from dagster_dbt import DbtProject
 
 from dagster_watcher import BigQueryWatcherResource, WatcherRetryPolicy, dbt_watcher_assets
-from dagster_watcher.bigquery_resource import job_run_key
+from dagster_watcher.bigquery import job_run_key
 from dagster_watcher.contract import ERROR_KEY as WATCHER_ERROR_KEY
 from dagster_watcher.contract import RETRY_OF_TAG
 from dagster_watcher.contract import SKIPPED_BECAUSE_KEY as WATCHER_SKIPPED_BECAUSE_KEY
 from dagster_watcher.contract import STATUS_KEY as WATCHER_STATUS_KEY
 from dagster_watcher.project import prepare_manifest
 
-from . import bigquery_server
-from .bigquery_server import jobs_with_prefix, node_jobs, rows
+from ..support.bigquery import server as bigquery_server
+from ..support.bigquery.server import jobs_with_prefix, node_jobs, rows
 
 pytestmark = pytest.mark.bigquery
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "example_project"
-DEFS_FILE = Path(__file__).resolve().parent / "bq_dagster_defs.py"
+DEFS_FILE = REPO / "tests" / "support" / "bigquery" / "dagster_defs.py"
 PARSE_DATASET = "t_parse"  # the dataset in the definitions' parse env; runs use their own datasets
 
 
@@ -80,11 +80,11 @@ PARSE_DATASET = "t_parse"  # the dataset in the definitions' parse env; runs use
 def bq_env(
     bq_server: bigquery_server.BigQueryServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
-    """What both profiles (example_project's ``bigquery`` target and tests/bq_project) read, for this
+    """What both profiles (example_project's ``bigquery`` target and tests/support/bigquery/bq_project) read, for this
     module only (restored afterwards: other modules' profile fingerprints must not see it)."""
     target = tmp_path_factory.mktemp("bq_dagster")
     values = {
-        # tests/bq_project (and tests/bq_dagster_defs.py)
+        # tests/support/bigquery/bq_project (and dagster_defs.py beside it)
         "BQ_API_ENDPOINT": bq_server.url,
         "BQ_PROJECT": bq_server.project,
         "BQ_DATASET": PARSE_DATASET,
@@ -612,7 +612,7 @@ def test_retried_step_reattaches_and_reruns_only_what_failed(
 def test_compile_errors_fail_their_model_only_and_a_broken_compile_loses_every_node(
     bq_env: dict[str, str], bq_client: Any, instance: DagsterInstance, tmp_path: Path
 ) -> None:
-    # A copy of tests/bq_project where one model does not compile (dbt parse accepts it).
+    # A copy of tests/support/bigquery/bq_project where one model does not compile (dbt parse accepts it).
     project_dir = tmp_path / "bq_project"
     shutil.copytree(DEFS_FILE.parent / "bq_project", project_dir, ignore=shutil.ignore_patterns("target", "logs"))
     (project_dir / "models" / "failing" / "flaky.sql").write_text("select {{ no_such_macro() }} as x\n")
@@ -750,7 +750,8 @@ def test_resource_config_accepts_service_account_json_or_base64(tmp_path: Path) 
 
 
 def test_configs_the_engine_does_not_generate_fail_loudly() -> None:
-    from dagster_watcher.bigquery import COMPILE_ERROR_KEY, RENDERED_HOOKS_KEY, _unsupported_reason
+    from dagster_watcher.bigquery import COMPILE_ERROR_KEY, RENDERED_HOOKS_KEY
+    from dagster_watcher.bigquery.graph import _unsupported_reason
 
     base = {"compiled_code": "select 1", "config": {}}
 

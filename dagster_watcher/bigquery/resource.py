@@ -29,15 +29,19 @@ from dagster import AssetExecutionContext, ConfigurableResource, DagsterInstance
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
-from .bigquery import COMPILED_IDS_KEY, BigQueryEngine, BigQueryEngineConfig, compile_project
-from .contract import RETRY_OF_TAG
-from .dagster_mapping import DagsterNodeEvent
-from .errors import WatcherConfigError
-from .invocation import InvocationExit
-from .planning import BuildPlan
-from .producer import start_step, stream_build
-from .project import checked_project_dir, profiles_dir_for, project_kwargs
-from .status import NodeResult
+from dagster_watcher._text import describe_exception, scrub_secrets
+from dagster_watcher.bigquery.compile import COMPILED_IDS_KEY, compile_project
+from dagster_watcher.bigquery.config import BigQueryEngineConfig
+from dagster_watcher.bigquery.engine import BigQueryEngine
+from dagster_watcher.bigquery.sql import COMPILE_ERROR_KEY, RENDERED_HOOKS_KEY
+from dagster_watcher.contract import RETRY_OF_TAG
+from dagster_watcher.dagster_mapping import DagsterNodeEvent
+from dagster_watcher.errors import WatcherConfigError
+from dagster_watcher.invocation import InvocationExit
+from dagster_watcher.planning import BuildPlan
+from dagster_watcher.producer import NoWork, start_step, stream_build
+from dagster_watcher.project import checked_project_dir, profiles_dir_for, project_kwargs
+from dagster_watcher.status import NodeResult
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -52,6 +56,7 @@ _BIGQUERY_SCOPES = ("https://www.googleapis.com/auth/bigquery", "https://www.goo
 _COMPILE_INFO = "dw-compile.json"
 
 
+#: Which re-executions reuse the job ids of the run they re-execute (see :func:`job_run_key`).
 ReattachMode = Literal["from_failure", "always", "never"]
 
 
@@ -67,6 +72,15 @@ def job_run_key(instance: DagsterInstance, run: DagsterRun, mode: ReattachMode =
     consumer sensor. Any other run, including "re-execute all", gets fresh job ids and rebuilds.
     ``"always"``: every re-execution resumes its root run. ``"never"``: only retries of a step
     within one run re-attach.
+
+    Args:
+        instance: the Dagster instance holding the runs.
+        run: the current Dagster run.
+        mode: which re-executions resume the run they re-execute.
+
+    Example::
+
+        key = job_run_key(context.instance, context.run, "from_failure")
     """
     if mode == "never":
         return run.run_id
@@ -100,7 +114,23 @@ def _resumed_run_id(instance: DagsterInstance, run: DagsterRun, mode: ReattachMo
 
 
 class BigQueryResultSource:
-    """A :class:`~dagster_watcher.producer.NodeResultSource` over :meth:`BigQueryEngine.run`."""
+    """A :class:`~dagster_watcher.producer.NodeResultSource` over :meth:`BigQueryEngine.run`.
+
+    An error of the engine itself (no access to BigQuery) ends the source with an exit that says so;
+    the producer then records every node not reported as lost.
+
+    Args:
+        engine: the engine that runs the nodes.
+        manifest: the manifest compiled for this run.
+        unique_ids: the nodes to run.
+        run_id: the run the job ids derive from (:func:`job_run_key`).
+        full_refresh: rebuild incremental models.
+
+    Example::
+
+        source = BigQueryResultSource(engine, manifest, unique_ids, job_run_key(context.instance, context.run))
+        yield from stream_build(context, plan, source)
+    """
 
     mode = "bigquery"
 
@@ -131,7 +161,7 @@ class BigQueryResultSource:
                 ok = ok and result.status.succeeded
                 yield result
         except Exception as error:  # noqa: BLE001 - e.g. no access to BigQuery: every node is then "lost"
-            self._exit = InvocationExit(ok=False, completed=False, error=f"{type(error).__name__}: {error}")
+            self._exit = InvocationExit(ok=False, completed=False, error=describe_exception(error))
             return
         cancelled = self.engine.cancelled
         self._exit = InvocationExit(
@@ -145,25 +175,6 @@ class BigQueryResultSource:
 
     def cancel(self) -> None:
         self.engine.cancel()
-
-
-class _CompileFailedSource:
-    """The compile failed before anything was submitted: no results, and an exit that says why (the
-    producer then records every selected node as lost and fails the step with dbt's output)."""
-
-    mode = "bigquery"
-
-    def __init__(self, error: str) -> None:
-        self.exit = InvocationExit(ok=False, completed=False, error=error)
-
-    def results(self) -> Iterator[NodeResult]:
-        return iter(())
-
-    def release_held(self) -> list[NodeResult]:
-        return []
-
-    def cancel(self) -> None:
-        pass
 
 
 class BigQueryWatcherResource(ConfigurableResource):
@@ -184,6 +195,14 @@ class BigQueryWatcherResource(ConfigurableResource):
     dbt is used only to compile (``dbt compile``, once per step, right before the jobs are
     submitted so ``is_incremental()`` sees the warehouse as it is); dbt's profile must reach the same
     BigQuery as the fields below.
+
+    Args:
+        project_dir: the dbt project: its folder or a dagster-dbt ``DbtProject``.
+        **kwargs: the fields below (each documented by its ``description``).
+
+    Raises:
+        WatcherConfigError: ``project_dir`` is not a dbt project folder, or ``credentials_json`` is
+            neither service-account JSON nor its base64 (when credentials are made).
     """
 
     # -- BigQuery ---------------------------------------------------------------------------------
@@ -382,8 +401,17 @@ class BigQueryWatcherResource(ConfigurableResource):
 
         Job ids are deterministic in (run, node, attempt, statement): a retried step or a run that
         resumes this one re-attaches to jobs still running or already succeeded. Terminating the run
-        cancels every job in flight. Raises :class:`dagster.Failure` once every outcome is recorded if
-        any node did not succeed.
+        cancels every job in flight.
+
+        Args:
+            context: the asset step's context.
+            dbt_vars: more dbt ``--vars`` for the compile (over the resource's ``dbt_vars``).
+            full_refresh: overrides the resource's ``full_refresh``.
+
+        Raises:
+            NodesDidNotSucceed: once every outcome is recorded, when a node did not succeed.
+            DbtDidNotComplete: once every outcome is recorded, when the compile failed (every node
+                is then lost, nothing was submitted) or the run was cancelled.
         """
         plan = start_step(context)
         if plan is None:
@@ -395,8 +423,11 @@ class BigQueryWatcherResource(ConfigurableResource):
                 context.run.run_id, plan, dbt_vars=dbt_vars, full_refresh=refresh, log=context.log
             )
         except Exception as error:  # noqa: BLE001 - recorded on every node, then the step fails
-            context.log.error(f"dagster-watcher: dbt compile failed, nothing was submitted: {error}")
-            yield from stream_build(context, plan, _CompileFailedSource(str(error)[-8000:]), progress=self.progress)
+            context.log.error(
+                f"dagster-watcher: dbt compile failed, nothing was submitted: {scrub_secrets(str(error))}"
+            )
+            source = NoWork.failed("bigquery", scrub_secrets(str(error))[-8000:])
+            yield from stream_build(context, plan, source, progress=self.progress)
             return
         unique_ids = self.nodes_to_run(plan, manifest)
         labels = {"dagster-run": context.run.run_id, "dagster-job": context.job_name}
@@ -449,8 +480,6 @@ _ANNOTATIONS = "dw-annotations.json"
 
 def _save_annotations(manifest: Mapping[str, Any], folder: Path) -> None:
     """Rendered hooks and compile errors live outside manifest.json: keep them beside it for reuse."""
-    from .bigquery import COMPILE_ERROR_KEY, RENDERED_HOOKS_KEY
-
     keep = {
         uid: {k: node[k] for k in (RENDERED_HOOKS_KEY, COMPILE_ERROR_KEY) if k in node}
         for uid, node in (manifest.get("nodes") or {}).items()
