@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from dagster import AssetsDefinition, DagsterRunStatus
 
 from dagster_watcher import build_watcher_sensors, contract
-from dagster_watcher.consumers._liveness import why_dead
 
 from ..support import Sensors
 from .test_consumers import ALL_ASSETS, execute_request, instance_at, materialized_by, start_producer, wait_for
@@ -51,50 +47,3 @@ def test_a_run_whose_heartbeat_expired_on_another_host_is_failed_and_retried_onc
     assert retry.result.success
     assert set(retry.materialized()) == ALL_ASSETS - finished, "nothing finished is rebuilt"
     assert sensors.tick_all() == [], "retried once"
-
-
-def test_liveness_rules() -> None:
-    now = 1_000_000.0
-    fresh = {**contract.liveness_tags(1, "elsewhere"), **contract.heartbeat_tags(now - 30)}
-    stale = {**contract.liveness_tags(1, "elsewhere"), **contract.heartbeat_tags(now - 300)}
-    assert why_dead(fresh, 120, now) is None
-    assert "no heartbeat for 300s (timeout 120s)" in (why_dead(stale, 120, now) or "")
-    # No heartbeat tag: only a pid on this host can tell, so another host's run is never called dead.
-    assert why_dead(contract.liveness_tags(1, "elsewhere"), 120, now) is None
-    # A gone process on this host is dead at once, even while its last heartbeat is still fresh.
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    here_fresh = {**contract.liveness_tags(gone.pid, socket.gethostname()), **contract.heartbeat_tags(now - 1)}
-    assert "is gone" in (why_dead(here_fresh, 120, now) or "")
-
-
-def test_retry_runs_carry_the_failed_runs_own_tags() -> None:
-    tags = {
-        "team": "finance",
-        "dagster-k8s/config": '{"container_config": {}}',
-        "dagster/partition": "2026-12-01",
-        "dagster/asset_partition_range_start": "a",
-        "dagster/asset_partition_range_end": "b",
-        "dagster/concurrency_key": "warehouse",
-        "dagster/priority": "5",
-        ".dagster/pool/dbt": "1",
-        "dagster/run_key": "x",
-        "dagster/sensor_name": "s",
-        "dagster/backfill": "b1",
-        "dagster/failure_reason": "RUN_WORKER_CRASH",
-        contract.PID_TAG: "1",
-        contract.HOST_TAG: "h",
-        contract.HEARTBEAT_TAG: "1.0",
-        contract.RETRY_OF_TAG: "r",
-        contract.ATTEMPT_TAG: "1",
-    }
-    assert contract.carried_run_tags(tags) == {
-        "team": "finance",
-        "dagster-k8s/config": '{"container_config": {}}',
-        "dagster/partition": "2026-12-01",
-        "dagster/asset_partition_range_start": "a",
-        "dagster/asset_partition_range_end": "b",
-        "dagster/concurrency_key": "warehouse",
-        "dagster/priority": "5",
-        ".dagster/pool/dbt": "1",
-    }
