@@ -14,6 +14,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
 from . import contract
 from ._compat import current_manifest
 from ._gc import paused_gc
+from .errors import WatcherConfigError
 from .retry import WatcherRetryPolicy
 
 
@@ -64,6 +65,8 @@ def dbt_watcher_assets(
             ``selector`` and ``select``, or a body without a ``context`` parameter).
         OSError: the manifest path cannot be read.
         ValueError: the file at the manifest path is not JSON.
+        WatcherConfigError: an ``op_tags`` key uses the ``dagster_watcher/`` prefix reserved for the
+            watcher's own tags (dagster-dbt rejects its own reserved ``dagster_dbt/`` keys likewise).
 
     Example::
 
@@ -71,6 +74,12 @@ def dbt_watcher_assets(
         def my_dbt(context: AssetExecutionContext, dbt_watcher: DbtWatcherResource):
             yield from dbt_watcher.build(context)
     """
+    reserved = sorted(t for t in op_tags or {} if t.startswith(contract.RESERVED_TAG_PREFIX))
+    if reserved:
+        raise WatcherConfigError(
+            f"op_tags {reserved} use the {contract.RESERVED_TAG_PREFIX!r} prefix, which dagster-watcher reserves for "
+            "its own producer/retry tags (they would be overwritten or break consumers): rename them."
+        )
     tags: dict[str, Any] = {contract.PRODUCER_TAG: "true", **(op_tags or {})}
     if isinstance(retry_policy, WatcherRetryPolicy):
         # In-step retries: Dagster re-runs the op, and the producer then builds only what has not

@@ -33,6 +33,8 @@ SELECT_TAG = DAGSTER_DBT_SELECT_METADATA_KEY
 EXCLUDE_TAG = DAGSTER_DBT_EXCLUDE_METADATA_KEY
 SELECTOR_TAG = DAGSTER_DBT_SELECTOR_METADATA_KEY
 
+#: Every tag and key of the watcher's own starts with this; users' op tags may not.
+RESERVED_TAG_PREFIX = "dagster_watcher/"
 #: Op tag that marks a dagster-watcher producer (consumer sensors and retries look for it).
 PRODUCER_TAG = "dagster_watcher/producer"
 #: Op tag carrying the WatcherRetryPolicy's non-retryable patterns (JSON), read by the producer.

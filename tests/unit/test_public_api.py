@@ -245,3 +245,10 @@ def test_node_status_groups():
 )
 def test_node_status_parse(value: object, parsed: NodeStatus | None):
     assert S.parse(value) is parsed
+
+
+def test_op_tags_may_not_overwrite_the_watchers_own_tags() -> None:
+    from dagster_watcher import dbt_watcher_assets
+
+    with pytest.raises(WatcherConfigError, match=r"dagster_watcher/producer.*rename them"):
+        dbt_watcher_assets(manifest={}, op_tags={"dagster_watcher/producer": "x", "team": "finance"})
