@@ -28,6 +28,7 @@ from .errors import DbtDidNotComplete, NodesDidNotSucceed
 from .invocation import DbtInvocation, InvocationExit
 from .planning import BuildPlan, plan_for_context, succeeded_in_run
 from .status import LOST_MESSAGE, NodeResult, NodeStatus, lost_result, not_selected_result
+from .timeline import write_timeline
 
 
 def start_step(context: AssetExecutionContext) -> BuildPlan | None:
@@ -114,6 +115,8 @@ class DbtResultSource:
         self.mode = invocation.mode
         self.normalizer = DbtEventNormalizer(manifest, target_path=target_path)
         self.expected = expected
+        #: Where dbt writes run_results.json; the build's timeline is written beside it.
+        self.artifacts_dir = target_path
 
     @property
     def exit(self) -> InvocationExit | None:
@@ -258,6 +261,15 @@ def stream_build(
     if progress:
         print(summary, flush=True)
     metadata = {"failed_nodes": MetadataValue.json(_failure_table(plan, failed)), "summary": MetadataValue.md(summary)}
+    artifacts_dir = getattr(source, "artifacts_dir", None)
+    if artifacts_dir is not None and any(r.started_at for r in results):
+        try:
+            timeline = write_timeline(Path(artifacts_dir), results, plan.manifest)
+        except OSError as error:
+            log.warning(f"dagster-watcher: the build's timeline could not be written: {error}")
+        else:
+            log.info(f"dagster-watcher: timeline of this build (one bar per node on its dbt thread): {timeline}")
+            metadata["timeline"] = MetadataValue.path(os.fspath(timeline))
     if exit_ is not None and not exit_.completed:
         raise DbtDidNotComplete(
             scrub_secrets(f"dbt did not complete ({source.mode} mode): {exit_.error}"),

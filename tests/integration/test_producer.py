@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -21,6 +22,7 @@ from dagster_dbt import DbtCliResource, DbtProject, dbt_assets
 from dagster_watcher import DbtWatcherResource, dbt_watcher_assets
 from dagster_watcher.invocation import RunnerInvocation
 from dagster_watcher.project import profile_fingerprint, recorded_fingerprint
+from dagster_watcher.timeline import TIMELINE_FILE
 
 from ..support import EXAMPLE, WatcherRun, run_watcher
 
@@ -152,6 +154,19 @@ def test_failing_model_error_text_skips_and_unrelated_branches(mode: str, failin
     assert set(observed) == {FAILING, *DOWNSTREAM_OF_FAILING}
     assert set(run.materialized()) == UNRELATED
     assert "stg_payments failed on purpose" in run.step_failure_message()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_build_leaves_a_timeline_with_one_bar_per_executed_node(
+    mode: str, failing_runs: dict[str, WatcherRun]
+) -> None:
+    run = failing_runs[mode]
+    svg = (run.target_path / TIMELINE_FILE).read_text()
+    bars = dict(re.findall(r'<rect class="node" data-unique-id="([^"]+)" data-status="([^"]+)"', svg))
+    executed = {u for u, r in run.run_results().items() if r["status"] != "skipped"}
+    assert set(bars) == executed, "one bar per node dbt executed (run_results.json), no other"
+    assert bars["model.shop.stg_payments"] == "error", "the failed model is marked failed"
+    assert "did not run:" in svg and "skipped" in svg, "the skipped descendants are counted under the chart"
 
 
 def test_subset_materialization_runs_only_the_selected_nodes(shop_assets: AssetsDefinition, tmp_path: Path) -> None:
