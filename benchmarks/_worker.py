@@ -249,7 +249,7 @@ def cmd_replay(out: str, ticks_out: str | None = None) -> int:
     uids |= set(manifest_json.get("unit_tests") or {})
 
     class ReplayResource(DbtWatcherResource):
-        def make_invocation(self, args, manifest):  # type: ignore[override]
+        def make_invocation(self, args, manifest, fetch=None):  # type: ignore[override]
             fake = _FakeInvocation(dict(manifest or {}), frozenset(uids))
             fakes.append(fake)
             return fake  # type: ignore[return-value]

@@ -207,6 +207,20 @@ def release_adapter_handles() -> None:
                 pass
 
 
+def dbt_adapter(adapter_type: str) -> Any | None:
+    """The adapter dbt registered in this process for its current invocation (the one whose
+    connections its build uses), for queries made beside the build in the dbt process.
+
+    Fallback: None when dbt's adapter factory is not where it is expected or holds no such adapter;
+    the caller then reads nothing (the build is unaffected)."""
+    try:
+        from dbt.adapters.factory import get_adapter_by_type
+
+        return get_adapter_by_type(adapter_type)
+    except Exception:  # noqa: BLE001 - no adapter, no metadata
+        return None
+
+
 def run_own_finalizers() -> None:
     """In a forked child about to ``os._exit``: run the finalizers this process registered.
 
@@ -252,3 +266,39 @@ def current_manifest(path: str | os.PathLike[str]) -> Mapping[str, Any]:
         cache_clear()
         cached = read_manifest_path(resolved)
     return cached
+
+
+def column_lineage_metadata(
+    columns: Mapping[str, Mapping[str, Any]],
+    parents: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    node: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    translator: Any,
+    target_path: Any,
+    project: Any,
+) -> dict[str, Any]:
+    """``dagster/column_lineage`` as dagster-dbt's ``fetch_column_metadata()`` computes it: its
+    sqlglot-based lineage over the node's compiled SQL and the columns of the node and its parents
+    (``{relation name: {column: {"data_type": type}}}``), parents named as the translator keys them.
+
+    Raises whatever the lineage raises (sqlglot cannot resolve a column...), as dagster-dbt's
+    callers catch it. Fallback: {} (no lineage) when dagster-dbt's private builder moved."""
+    try:
+        from dagster_dbt.core.dbt_cli_event import EventHistoryMetadata, _build_column_lineage_metadata
+    except ImportError:
+        return {}
+    return dict(
+        _build_column_lineage_metadata(
+            event_history_metadata=EventHistoryMetadata(
+                columns={name: dict(info) for name, info in columns.items()},
+                parents={
+                    relation: {name: dict(info) for name, info in cols.items()} for relation, cols in parents.items()
+                },
+            ),
+            dbt_resource_props=dict(node),
+            manifest=manifest,
+            dagster_dbt_translator=translator,
+            target_path=target_path,
+            project=project,
+        )
+    )

@@ -83,6 +83,21 @@ ROWS_AFFECTED_KEY = "rows_affected"
 RELATION_NAME_KEY = "relation_name"
 COMPILED_SQL_KEY = "compiled_sql"
 
+#: dagster-dbt's own event metadata keys (``DbtCliEventMessage``), written under its names on the
+#: events dagster-dbt would emit (materializations, check results, test observations) so code written
+#: against dagster-dbt's events reads them unchanged. ``unique_id``/``invocation_id`` are shared above;
+#: ours (``execution_duration``, ``dbt_status``, ``failure_count``) stay beside them.
+DBT_EXECUTION_DURATION_KEY = "Execution Duration"
+DBT_NODE_STATUS_KEY = "status"
+DBT_FAILED_ROW_COUNT_KEY = "dagster_dbt/failed_row_count"
+#: Dagster's table metadata keys (``TableMetadataSet``) dagster-dbt writes: the relation (also on
+#: the asset's definition; ``dagster/relation_identifier`` is its legacy name), and with
+#: ``fetch_row_counts`` the row count and the storage kind (the dbt adapter type).
+TABLE_NAME_KEY = "dagster/table_name"
+LEGACY_TABLE_NAME_KEY = "dagster/relation_identifier"
+ROW_COUNT_KEY = "dagster/row_count"
+STORAGE_KIND_KEY = "dagster/storage_kind"
+
 # -- labels on BigQuery jobs ------------------------------------------------------------------------
 
 #: Which statement sequence a node's attempt chose (re-attaching keeps a job id's meaning).

@@ -42,6 +42,20 @@ class NodeTarget:
     observe_keys: tuple[AssetKey, ...] = ()
     """For a test with no asset check (or a unit test): the assets its verdict is observed on."""
     test_name: str | None = None
+    table_name: str | None = None
+    """The asset's ``dagster/table_name`` as its definition states it (dagster-dbt's translator)."""
+
+
+def _dagster_dbt_metadata(result: NodeResult) -> dict[str, Any]:
+    """The keys dagster-dbt writes by default on a node's event, under its names: its execution
+    duration and dbt's status (``unique_id``/``invocation_id`` are in :func:`_common_metadata`), and
+    for a test the failing row count."""
+    metadata: dict[str, Any] = {c.DBT_NODE_STATUS_KEY: result.dbt_status}
+    if result.execution_time is not None:
+        metadata[c.DBT_EXECUTION_DURATION_KEY] = MetadataValue.float(float(result.execution_time))
+    if result.failures is not None:
+        metadata[c.DBT_FAILED_ROW_COUNT_KEY] = int(result.failures)
+    return metadata
 
 
 def _common_metadata(result: NodeResult) -> dict[str, Any]:
@@ -86,8 +100,10 @@ def _response_metadata(response: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _success_metadata(result: NodeResult) -> dict[str, Any]:
-    metadata = _common_metadata(result)
+def _success_metadata(result: NodeResult, target: NodeTarget) -> dict[str, Any]:
+    metadata = {**_dagster_dbt_metadata(result), **_common_metadata(result)}
+    if target.table_name:
+        metadata[c.TABLE_NAME_KEY] = target.table_name
     response = {k: v for k, v in result.adapter_response.items() if v not in (None, "")}
     if response:
         metadata[c.ADAPTER_RESPONSE_KEY] = MetadataValue.json(response)
@@ -100,6 +116,7 @@ def _success_metadata(result: NodeResult) -> dict[str, Any]:
         metadata[c.RELATION_NAME_KEY] = result.relation_name
     if result.compiled_code:
         metadata[c.COMPILED_SQL_KEY] = MetadataValue.md(f"```sql\n{result.compiled_code.strip()}\n```")
+    metadata.update(result.runtime_metadata)
     return metadata
 
 
@@ -127,7 +144,7 @@ def _not_selected_metadata(result: NodeResult) -> dict[str, Any]:
 
 
 def _test_verdict_metadata(result: NodeResult, test_name: str) -> dict[str, Any]:
-    metadata = _common_metadata(result)
+    metadata = {**_dagster_dbt_metadata(result), **_common_metadata(result)}
     metadata[c.TEST_KEY] = test_name
     if result.failures is not None:
         metadata[c.FAILURE_COUNT_KEY] = int(result.failures)
@@ -164,7 +181,7 @@ def to_dagster_events(result: NodeResult, target: NodeTarget) -> list[DagsterNod
     if target.asset_key is None or target.output_name is None:
         return []
     if result.status.materializes:
-        metadata = _success_metadata(result)
+        metadata = _success_metadata(result, target)
         if result.failed_batches:
             metadata[c.FAILED_BATCHES_KEY] = MetadataValue.json(list(result.failed_batches))
         return [Output(value=None, output_name=target.output_name, metadata=metadata)]
@@ -195,7 +212,7 @@ def _check_event(result: NodeResult, target: NodeTarget) -> DagsterNodeEvent | N
         )
     if not result.status.ran:
         return None
-    metadata = _common_metadata(result)
+    metadata = {**_dagster_dbt_metadata(result), **_common_metadata(result)}
     if result.failures is not None:
         metadata[c.FAILURE_COUNT_KEY] = int(result.failures)
     if result.status is NodeStatus.ERROR and result.message:

@@ -31,6 +31,12 @@ _STATUS_MAP: dict[str, NodeStatus] = {
 }
 
 
+def status_of(dbt_status: str) -> NodeStatus:
+    """Our terminal status for the status dbt reported (``success``, ``pass``, ``runtime error``...);
+    anything dbt may add later counts as an error, never as a success."""
+    return _STATUS_MAP.get(dbt_status.lower(), NodeStatus.ERROR)
+
+
 @dataclasses.dataclass(frozen=True)
 class RawDbtEvent:
     """One dbt event as the normaliser consumes it: the same shape whichever mode produced it (a
@@ -163,7 +169,7 @@ class DbtEventNormalizer:
             return []
         resource_type = node_info.get("resource_type") or resource_type_of(unique_id)
         dbt_status = str(run_result.get("status") or node_info.get("node_status") or "")
-        status = _STATUS_MAP.get(dbt_status.lower(), NodeStatus.ERROR)
+        status = status_of(dbt_status)
         message = run_result.get("message") or None
         timing = {t.get("name"): t for t in run_result.get("timing_info") or []}
         started = _parse_ts((timing.get("compile") or timing.get("execute") or {}).get("started_at"))

@@ -80,6 +80,14 @@ class BuildPlan:
         return str(_node(self.manifest, unique_id).get("name") or unique_id)
 
 
+def _table_name(spec_metadata: Mapping[str, Any]) -> str | None:
+    """The table an asset's definition names (dagster-dbt's translator writes it; a custom translator
+    may name it under the legacy key, or not at all)."""
+    value = spec_metadata.get(contract.TABLE_NAME_KEY) or spec_metadata.get(contract.LEGACY_TABLE_NAME_KEY)
+    value = getattr(value, "value", value)  # a TextMetadataValue or the plain text
+    return str(value) if value else None
+
+
 def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str] = frozenset()) -> BuildPlan:
     """Work out this step's dbt selection from the Dagster selection (a subset in the UI, a job's asset
     selection, or a retry's remaining nodes)."""
@@ -91,9 +99,13 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
 
     targets: dict[str, NodeTarget] = {}
     for key in selected_keys:
-        unique_id = contract.unique_id_of_asset(assets_def, key)
+        spec_metadata = assets_def.get_asset_spec(key).metadata
+        unique_id = str(spec_metadata[contract.SPEC_UNIQUE_ID_KEY])
         targets[unique_id] = NodeTarget(
-            unique_id=unique_id, asset_key=key, output_name=assets_def.get_output_name_for_asset_key(key)
+            unique_id=unique_id,
+            asset_key=key,
+            output_name=assets_def.get_output_name_for_asset_key(key),
+            table_name=_table_name(spec_metadata),
         )
     for check_key in selected_checks:
         test_id = contract.unique_id_of_check(assets_def, check_key)

@@ -26,7 +26,9 @@ from .dagster_mapping import DagsterNodeEvent, describe_failure, to_dagster_even
 from .dbt_normalizer import DbtEventNormalizer
 from .errors import DbtDidNotComplete, NodesDidNotSucceed
 from .invocation import DbtInvocation, InvocationExit
+from .invocation._fetch import RUNTIME_METADATA_EVENT
 from .planning import BuildPlan, plan_for_context, succeeded_in_run
+from .runtime_metadata import FetchedMetadata
 from .status import LOST_MESSAGE, NodeResult, NodeStatus, lost_result, not_selected_result
 from .timeline import write_timeline
 
@@ -102,7 +104,10 @@ class NodeResultSource(Protocol):
 
 
 class DbtResultSource:
-    """A dbt invocation (in-process or subprocess) whose raw events go through the normaliser."""
+    """A dbt invocation (in-process or subprocess) whose raw events go through the normaliser.
+
+    With ``fetched``, the invocation also reads runtime metadata in the dbt process: a built node's
+    result waits for its facts and goes on with dagster-dbt's metadata attached."""
 
     def __init__(
         self,
@@ -110,11 +115,13 @@ class DbtResultSource:
         manifest: Mapping[str, Any],
         target_path: Path | None,
         expected: frozenset[str] = frozenset(),
+        fetched: FetchedMetadata | None = None,
     ) -> None:
         self.invocation = invocation
         self.mode = invocation.mode
         self.normalizer = DbtEventNormalizer(manifest, target_path=target_path)
         self.expected = expected
+        self.fetched = fetched
         #: Where dbt writes run_results.json; the build's timeline is written beside it.
         self.artifacts_dir = target_path
 
@@ -126,13 +133,21 @@ class DbtResultSource:
         for raw in self.invocation.events():
             if raw is None:
                 yield None
-                continue
-            yield from self.normalizer.feed(raw.name, raw.data, raw.invocation_id)
-        yield from self.normalizer.release_held()
+            elif raw.name == RUNTIME_METADATA_EVENT:
+                if self.fetched is not None:
+                    yield from self.fetched.arrived(raw.data)
+            else:
+                for result in self.normalizer.feed(raw.name, raw.data, raw.invocation_id):
+                    yield from self._with_metadata(result)
+        yield from self.release_held()
         yield from self.normalizer.unreported(self.expected)
 
+    def _with_metadata(self, result: NodeResult) -> list[NodeResult]:
+        return self.fetched.accept(result) if self.fetched is not None else [result]
+
     def release_held(self) -> list[NodeResult]:
-        return self.normalizer.release_held()
+        held = self.normalizer.release_held()
+        return held + (self.fetched.release() if self.fetched is not None else [])
 
     def cancel(self) -> None:
         self.invocation.cancel()

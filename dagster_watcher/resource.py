@@ -19,6 +19,7 @@ from .dagster_mapping import DagsterNodeEvent
 from .errors import DbtSelectionError, WatcherConfigError
 from .freshness import SourceFreshness
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
+from .invocation._fetch import FetchPlan
 from .planning import BuildPlan, resolve_plan
 from .producer import DbtResultSource, NoWork, start_step, stream_build
 from .project import (
@@ -30,6 +31,7 @@ from .project import (
     project_kwargs,
     recorded_fingerprint,
 )
+from .runtime_metadata import FetchedMetadata, fetch_plan
 from .selection import DbtSelectionFlags, SelectionResolver
 
 #: How the producer runs dbt: ``runner`` (in-process dbtRunner over the definition's manifest, in a
@@ -102,6 +104,22 @@ class DbtWatcherResource(ConfigurableResource):
         description=(
             "Where dbt writes compiled SQL and run_results.json. Default: <project>/target/dagster_watcher, "
             "so a build never overwrites the manifest.json the Dagster definitions were loaded from."
+        ),
+    )
+    fetch_row_counts: bool = Field(
+        default=False,
+        description=(
+            "Attach `dagster/row_count` to each built table's materialization, as dagster-dbt's "
+            "fetch_row_counts(): a count(*) through dbt's own adapter, in the dbt process, after the node "
+            "(never for views)."
+        ),
+    )
+    fetch_column_metadata: bool = Field(
+        default=False,
+        description=(
+            "Attach `dagster/column_schema` and `dagster/column_lineage` to each built node's materialization, "
+            "as dagster-dbt's fetch_column_metadata(): the columns of the node and its parents read through "
+            "dbt's own adapter after the node, lineage traced by dagster-dbt's sqlglot-based builder."
         ),
     )
 
@@ -189,12 +207,33 @@ class DbtWatcherResource(ConfigurableResource):
             state.append("--defer")
         return dataclasses.replace(flags, state_args=tuple(state)), rest
 
-    def make_invocation(self, args: Sequence[str], manifest: Mapping[str, Any] | None) -> DbtInvocation:
+    def make_invocation(
+        self, args: Sequence[str], manifest: Mapping[str, Any] | None, fetch: FetchPlan | None = None
+    ) -> DbtInvocation:
+        """The dbt command of a build (``fetch``: runtime metadata the dbt process reads, see
+        :meth:`can_fetch_metadata`)."""
         # Anonymous usage stats would make dbt call out to the network on every invocation.
         env = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
         if self.resolved_mode() == "runner":
-            return RunnerInvocation(args, manifest=manifest, env=env, cwd=self.project_dir)
-        return SubprocessInvocation(args, dbt_executable=self._dbt_executable(), cwd=Path(self.project_dir), env=env)
+            return RunnerInvocation(args, manifest=manifest, env=env, cwd=self.project_dir, fetch=fetch)
+        return SubprocessInvocation(
+            args, dbt_executable=self._dbt_executable(), cwd=Path(self.project_dir), env=env, fetch=fetch
+        )
+
+    def can_fetch_metadata(self) -> str | None:
+        """Why this resource's builds cannot read runtime metadata in the dbt process, or None when they
+        can: runner mode always can; subprocess mode only runs its own dbt entry point (the dbt beside
+        dagster-watcher) with the default ``dbt_executable``."""
+        if self.resolved_mode() == "runner":
+            return None
+        if self.dbt_executable != "dbt":
+            return (
+                f"dbt_executable={self.dbt_executable!r} runs dbt in another environment, where dagster-watcher "
+                "cannot read metadata through dbt's adapter; use runner mode or the default dbt_executable"
+            )
+        if not dbt_is_importable():
+            return "dbt is not installed beside dagster-watcher, so its adapter cannot be used to read metadata"
+        return None
 
     def selection_resolver(self, manifest: Mapping[str, Any]) -> SelectionResolver:
         """dbt's selector for this resource's environment (in this process when dbt is importable)."""
@@ -228,6 +267,8 @@ class DbtWatcherResource(ConfigurableResource):
         extra_args: Sequence[str] = (),
         dbt_vars: Mapping[str, Any] | None = None,
         skip_stale_sources: bool | None = None,
+        fetch_row_counts: bool | None = None,
+        fetch_column_metadata: bool | None = None,
     ) -> Iterator[DagsterNodeEvent | AssetObservation]:
         """Run ``dbt build`` for the step's selection and yield each node's Dagster event as it finishes.
 
@@ -240,6 +281,10 @@ class DbtWatcherResource(ConfigurableResource):
             extra_args: more `dbt build` flags for this call (e.g. ``["--select", "state:modified+"]``).
             dbt_vars: more ``--vars`` for this call.
             skip_stale_sources: overrides the resource's ``skip_stale_sources`` for this call.
+            fetch_row_counts: overrides the resource's ``fetch_row_counts`` for this call
+                (dagster-dbt's ``.fetch_row_counts()``).
+            fetch_column_metadata: overrides the resource's ``fetch_column_metadata`` for this call
+                (dagster-dbt's ``.fetch_column_metadata()``).
 
         Raises:
             NodesDidNotSucceed: once every outcome is recorded, when a node did not succeed.
@@ -250,7 +295,7 @@ class DbtWatcherResource(ConfigurableResource):
 
             @dbt_watcher_assets(manifest=project.manifest_path, project=project)
             def my_dbt(context: AssetExecutionContext, dbt_watcher: DbtWatcherResource):
-                yield from dbt_watcher.build(context)
+                yield from dbt_watcher.build(context, fetch_row_counts=True, fetch_column_metadata=True)
         """
         plan = start_step(context)
         if plan is None:
@@ -285,14 +330,44 @@ class DbtWatcherResource(ConfigurableResource):
             if stale_reason:
                 context.log.warning(f"dagster-watcher: {stale_reason}; dbt parses the project for this build.")
                 manifest = None
-        invocation = self.make_invocation(args, manifest)
+        fetched = self._fetched_metadata(
+            context,
+            plan,
+            self.fetch_row_counts if fetch_row_counts is None else fetch_row_counts,
+            self.fetch_column_metadata if fetch_column_metadata is None else fetch_column_metadata,
+        )
+        invocation = self.make_invocation(args, manifest, fetch=fetched.plan if fetched is not None else None)
         context.log.info(f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode")
         yield from stream_build(
             context,
             plan,
-            DbtResultSource(invocation, plan.manifest, self.resolved_target_path(), expected=plan.expected),
+            DbtResultSource(
+                invocation, plan.manifest, self.resolved_target_path(), expected=plan.expected, fetched=fetched
+            ),
             progress=self.progress,
             heartbeat_interval=self.heartbeat_interval,
+        )
+
+    def _fetched_metadata(
+        self, context: AssetExecutionContext, plan: BuildPlan, row_counts: bool, columns: bool
+    ) -> FetchedMetadata | None:
+        """What the dbt process reads after each built node (None: nothing), for this build's assets."""
+        if not (row_counts or columns):
+            return None
+        why_not = self.can_fetch_metadata()
+        if why_not is not None:
+            context.log.warning(f"dagster-watcher: row counts and column metadata are not fetched: {why_not}.")
+            return None
+        assets = [u for u in plan.expected if (t := plan.target_of(u)) is not None and t.asset_key is not None]
+        fetch = fetch_plan(plan.manifest, assets, row_counts=row_counts, columns=columns)
+        if fetch is None:
+            return None
+        return FetchedMetadata(
+            fetch,
+            plan.manifest,
+            translator=plan.translator,
+            project=plan.project,
+            target_path=self.resolved_target_path(),
         )
 
     def _runner_manifest_problem(self, plan: BuildPlan) -> str | None:

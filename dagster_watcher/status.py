@@ -111,6 +111,9 @@ class NodeResult:
     """unique_ids of the failed upstream nodes that made dbt skip this node."""
     failed_batches: tuple[str, ...] = ()
     """A microbatch model's batches that failed (their start times), on a partial success."""
+    runtime_metadata: Mapping[str, Any] = field(default_factory=dict)
+    """Metadata read from the warehouse after the node was built, when the build asked for it
+    (dagster-dbt's ``dagster/row_count``, ``dagster/column_schema``, ``dagster/column_lineage``)."""
 
 
 LOST_MESSAGE = "dbt exited without reporting an outcome for this node (dbt crashed, was stopped, or never started it)."

@@ -20,6 +20,7 @@ from .._process import die_with_parent_in_forked_child
 from .._text import describe_exception
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import DbtDidNotComplete, ManifestPreparationError
+from ._fetch import RUNTIME_METADATA_EVENT, FetchPlan, MetadataFetcher
 from .base import DbtInvocation, InvocationExit, read_lines
 
 # dbt keeps process-global state (flags, adapter registry, event manager callbacks): two dbtRunner
@@ -49,6 +50,10 @@ class RunnerInvocation(DbtInvocation):
     dbt calls the callback on its worker threads and swallows whatever it raises, so the callback does
     the least possible work and can not raise; any failure inside it is remembered and turns the
     invocation into a failed one instead of vanishing.
+
+    With a ``fetch`` plan, the process running dbt also reads each built node's runtime metadata
+    (row count, columns) through dbt's adapter on a thread of its own, and sends it back as
+    :data:`~dagster_watcher.invocation._fetch.RUNTIME_METADATA_EVENT` events beside dbt's.
     """
 
     mode = "runner"
@@ -62,9 +67,12 @@ class RunnerInvocation(DbtInvocation):
         lock_timeout: float | None = None,
         fork: bool | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        fetch: FetchPlan | None = None,
     ) -> None:
         super().__init__(args, env=env)
         self.cwd = cwd
+        self.fetch = fetch
+        self._fetcher: MetadataFetcher | None = None
         self.manifest_json = manifest
         self.lock_timeout = lock_timeout
         self.fork = hasattr(os, "fork") if fork is None else fork
@@ -85,6 +93,25 @@ class RunnerInvocation(DbtInvocation):
     def _accept(self, msg: Any) -> None:
         if msg.info.name in WANTED_EVENTS:
             self._forward(msg)
+            if self._fetcher is not None:
+                self._fetcher.observe(msg)  # after the node's own event: its facts follow it
+
+    def _invoke(self, manifest: Any, emit_facts: Any) -> Any:
+        """dbtRunner over ``self.args`` with the event callback (and the metadata fetcher, whose
+        remaining reads end before this returns, while dbt's adapter is still registered)."""
+        from dbt.cli.main import dbtRunner
+
+        self._fetcher = MetadataFetcher(self.fetch, emit_facts) if self.fetch is not None else None
+        result: Any = None
+        try:
+            result = dbtRunner(manifest=manifest, callbacks=[self._callback]).invoke(self.args)
+        finally:
+            if self._fetcher is not None:
+                if result is None or result.exception is not None:
+                    self._fetcher.stop()  # dbt did not run to its end: read nothing more
+                else:
+                    self._fetcher.finish()
+        return result
 
     def events(self) -> Iterator[RawDbtEvent | None]:
         if not _DBT_PROCESS_LOCK.acquire(timeout=-1 if self.lock_timeout is None else self.lock_timeout):
@@ -152,25 +179,20 @@ class RunnerInvocation(DbtInvocation):
         write_lock = threading.Lock()
         final: dict[str, Any] = {"success": False, "completed": False}
         try:
-            from dbt.cli.main import dbtRunner
             from dbt_common.events.functions import msg_to_dict
 
-            def forward(msg: Any) -> None:
-                as_dict = msg_to_dict(msg)
-                line = json.dumps(
-                    {
-                        "name": msg.info.name,
-                        "data": as_dict.get("data") or {},
-                        "invocation_id": (as_dict.get("info") or {}).get("invocation_id"),
-                    },
-                    default=str,
-                )
+            def send(name: str, data: Any, invocation_id: str | None) -> None:
+                line = json.dumps({"name": name, "data": data, "invocation_id": invocation_id}, default=str)
                 with write_lock:
                     out.write(line + "\n")
                     out.flush()
 
+            def forward(msg: Any) -> None:
+                as_dict = msg_to_dict(msg)
+                send(msg.info.name, as_dict.get("data") or {}, (as_dict.get("info") or {}).get("invocation_id"))
+
             self._forward = forward
-            result = dbtRunner(manifest=manifest, callbacks=[self._callback]).invoke(self.args)
+            result = self._invoke(manifest, lambda facts: send(RUNTIME_METADATA_EVENT, facts, None))
             if result.exception is not None:
                 final["error"] = describe_exception(result.exception)
             else:
@@ -211,9 +233,9 @@ class RunnerInvocation(DbtInvocation):
         result: Any = None
         error: BaseException | None = None
         try:
-            from dbt.cli.main import dbtRunner
-
-            result = dbtRunner(manifest=manifest, callbacks=[self._callback]).invoke(self.args)
+            result = self._invoke(
+                manifest, lambda facts: self._queue.put(RawDbtEvent(RUNTIME_METADATA_EVENT, facts, None))
+            )
         except BaseException as exc:  # noqa: BLE001 - reported to the writer thread, not lost
             error = exc
         finally:
@@ -233,6 +255,9 @@ class RunnerInvocation(DbtInvocation):
                 continue
             if isinstance(item, _Finished):
                 break
+            if isinstance(item, RawDbtEvent):  # facts the metadata fetcher read
+                yield item
+                continue
             as_dict = msg_to_dict(item)
             info = as_dict.get("info") or {}
             yield RawDbtEvent(item.info.name, as_dict.get("data") or {}, info.get("invocation_id"))

@@ -8,22 +8,31 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .._process import preexec_die_with_parent
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import WatcherConfigError
+from ._fetch import FACTS_PREFIX, PLAN_ENV, RUNTIME_METADATA_EVENT, FetchPlan
 from .base import DbtInvocation, InvocationExit, read_lines
 
 # Substrings of the JSON lines the writer must parse. Everything else is either printed (info and
 # above, so dbt's usual console output reaches the compute logs) or dropped without parsing.
-_WANTED_MARKERS = tuple(f'"name": "{name}"' for name in WANTED_EVENTS)
+_WANTED_MARKERS = (*(f'"name": "{name}"' for name in WANTED_EVENTS), FACTS_PREFIX)
+#: The dbt command of a build that fetches runtime metadata: run as a script by this interpreter.
+DBT_ENTRY = Path(__file__).with_name("_dbt_entry.py")
 
 
 class SubprocessInvocation(DbtInvocation):
     """``dbt ... --log-format json --log-level debug`` in a child process (dbt may live in another
-    environment: ``dbt_executable``), read line by line as dbt writes it."""
+    environment: ``dbt_executable``), read line by line as dbt writes it.
+
+    With a ``fetch`` plan, the child is ``python .../_dbt_entry.py`` (this interpreter's dbt, the
+    same CLI and log) instead, which also reads each built node's runtime
+    metadata through dbt's adapter and logs it beside dbt's events."""
 
     mode = "subprocess"
 
@@ -35,20 +44,31 @@ class SubprocessInvocation(DbtInvocation):
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         echo: bool = True,
+        fetch: FetchPlan | None = None,
     ) -> None:
         super().__init__(args, env=env)
         self.dbt_executable = dbt_executable
+        self.fetch = fetch
         self.cwd = cwd
         self.echo = echo
         self._process: subprocess.Popen[bytes] | None = None
         self._cancelled = False
 
     def command(self) -> list[str]:
+        dbt = [sys.executable, os.fspath(DBT_ENTRY)] if self.fetch else [self.dbt_executable]
         # NodeFinished (which carries adapter_response and error text) is a debug-level event.
-        return [self.dbt_executable, *self.args, "--log-format", "json", "--log-level", "debug"]
+        return [*dbt, *self.args, "--log-format", "json", "--log-level", "debug"]
 
     def events(self) -> Iterator[RawDbtEvent | None]:
-        env = {**os.environ, **self.env}
+        if self.fetch is None:
+            yield from self._events({**os.environ, **self.env})
+            return
+        with tempfile.TemporaryDirectory(prefix="dagster_watcher_fetch_") as folder:
+            plan_file = Path(folder) / "fetch_plan.json"
+            plan_file.write_text(self.fetch.to_json())
+            yield from self._events({**os.environ, **self.env, PLAN_ENV: os.fspath(plan_file)})
+
+    def _events(self, env: Mapping[str, str]) -> Iterator[RawDbtEvent | None]:
         try:
             self._process = subprocess.Popen(
                 self.command(),
@@ -88,6 +108,10 @@ class SubprocessInvocation(DbtInvocation):
                     tail.append(line.rstrip())
                     continue
                 info = event.get("info") or {}
+                msg = info.get("msg")
+                if isinstance(msg, str) and msg.startswith(FACTS_PREFIX):
+                    yield RawDbtEvent(RUNTIME_METADATA_EVENT, json.loads(msg[len(FACTS_PREFIX) :]), None)
+                    continue
                 if self.echo and info.get("level") != "debug" and info.get("msg"):
                     print(info["msg"])
                 if info.get("level") == "error" and info.get("msg"):

@@ -322,6 +322,34 @@ def test_current_manifest_reads_the_file_when_dagster_dbts_reader_moved(
     assert len(_compat.current_manifest(path)["nodes"]) == 3
 
 
+# -- dbt_adapter ------------------------------------------------------------------------------------
+
+
+def test_dbt_adapter_is_the_one_dbt_registered(monkeypatch: pytest.MonkeyPatch):
+    import dbt.adapters.factory
+
+    registered = object()
+    monkeypatch.setattr(dbt.adapters.factory, "get_adapter_by_type", lambda t: registered if t == "duckdb" else None)
+    assert _compat.dbt_adapter("duckdb") is registered
+
+
+def test_dbt_adapter_when_none_is_registered():
+    assert _compat.dbt_adapter("no_such_adapter_type") is None  # dbt's lookup raises: no metadata, no error
+
+
+def test_dbt_adapter_when_dbts_factory_moved(monkeypatch: pytest.MonkeyPatch):
+    make_import_fail(monkeypatch, "dbt.adapters.factory")
+    assert _compat.dbt_adapter("duckdb") is None
+
+
+# -- column_lineage_metadata (its primary path: tests/unit/test_runtime_metadata.py) -----------------
+
+
+def test_column_lineage_metadata_when_dagster_dbts_builder_moved(monkeypatch: pytest.MonkeyPatch):
+    make_import_fail(monkeypatch, "dagster_dbt.core.dbt_cli_event")
+    assert _compat.column_lineage_metadata({"a": {"data_type": "INTEGER"}}, {}, {}, {}, None, None, None) == {}
+
+
 def test_every_compat_function_is_covered_here():
     """A new private access in _compat.py needs its fallback test in this file."""
     import inspect
@@ -343,5 +371,7 @@ def test_every_compat_function_is_covered_here():
         "release_adapter_handles",
         "run_own_finalizers",
         "current_manifest",
+        "dbt_adapter",
+        "column_lineage_metadata",
     }
     assert all(f"_compat.{name}" in source for name in public)

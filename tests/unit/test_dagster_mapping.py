@@ -6,6 +6,7 @@ the recording has none of (lost, failed and errored tests)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -236,7 +237,51 @@ def test_recorded_warn_test_becomes_a_warning_check(by_id: dict[str, dict[str, N
     assert plain(event.metadata)[c.FAILURE_COUNT_KEY] == 2
 
 
-# -- not selected, tests without checks -------------------------------------------------------------
+# -- dagster-dbt's own keys, under its names ------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_materialization_has_dagster_dbts_default_keys_beside_ours(mode: str, by_id: dict[str, dict[str, NodeResult]]):
+    result = by_id[mode]["model.shop.stg_orders"]
+    target = NodeTarget(
+        result.unique_id, asset_key=AssetKey("stg_orders"), output_name="stg_orders", table_name="shop.main.stg_orders"
+    )
+    md = plain(only_event(result, target).metadata)  # type: ignore[union-attr]
+    # What DbtCliEventMessage writes on a materialization, under the same names and types...
+    assert md["unique_id"] == "model.shop.stg_orders" and md["invocation_id"] == result.invocation_id
+    assert md["status"] == "success"
+    assert isinstance(md["Execution Duration"], float) and md["Execution Duration"] == pytest.approx(
+        result.execution_time
+    )
+    assert md["dagster/table_name"] == "shop.main.stg_orders"
+    # ...and ours stay beside them.
+    assert md[c.EXECUTION_DURATION_KEY] == md["Execution Duration"] and md[c.DBT_STATUS_KEY] == "success"
+    assert "dagster/row_count" not in md, "runtime metadata only when a build asks for it"
+
+
+def test_fetched_runtime_metadata_lands_on_the_materialization():
+    result = model_result(
+        NodeStatus.SUCCESS, runtime_metadata={"dagster/row_count": 7, "dagster/storage_kind": "duckdb"}
+    )
+    md = plain(only_event(result, target_for(result)).metadata)  # type: ignore[union-attr]
+    assert (md["dagster/row_count"], md["dagster/storage_kind"]) == (7, "duckdb")
+
+
+@pytest.mark.parametrize(("case", "dbt_status", "failed_rows"), [("check-pass", "pass", 0), ("check-warn", "warn", 2)])
+def test_check_result_has_dagster_dbts_keys(case: str, dbt_status: str, failed_rows: int):
+    result = dataclasses.replace(HAND_BUILT[case], execution_time=0.25, invocation_id="inv-1")
+    md = plain(only_event(result, target_for(result)).metadata)  # type: ignore[union-attr]
+    assert md["status"] == dbt_status
+    assert md["dagster_dbt/failed_row_count"] == failed_rows == md[c.FAILURE_COUNT_KEY]
+    assert md["Execution Duration"] == 0.25
+    assert {"unique_id", "invocation_id"} <= set(md)
+
+
+def test_failure_observation_has_no_dagster_dbt_event_keys():
+    """dagster-dbt emits nothing for a failed node; its keys are only on the events it would emit."""
+    result = HAND_BUILT["model-error"]
+    md = plain(only_event(result, target_for(result)).metadata)  # type: ignore[union-attr]
+    assert "status" not in md and "Execution Duration" not in md
 
 
 def test_not_selected_asset_is_one_observation_with_the_reason_and_never_a_failure_record():
