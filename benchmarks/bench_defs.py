@@ -10,6 +10,8 @@ and the code-location load-time measurement all import it in a fresh process).
 - ``DW_BENCH_TARGET_PATH``: dbt target path for the build (artifacts, run_results.json).
 - ``DW_BENCH_MANIFEST_TARGET``: where the harness's up-front ``dbt parse`` wrote manifest.json.
 - ``DW_BENCH_SENSORS=1``: also define one consumer sensor per model (``build_watcher_sensors``).
+- ``DW_BENCH_FETCH=1``: also fetch row counts and column metadata (dagster-dbt's
+  ``fetch_row_counts().fetch_column_metadata()``, the watcher's ``fetch_row_counts``/``fetch_column_metadata``).
 """
 
 import os
@@ -27,6 +29,7 @@ MODE = os.environ.get("DW_BENCH_MODE", "runner")
 THREADS = int(os.environ.get("DW_BENCH_THREADS", "4"))
 TARGET_PATH = os.environ.get("DW_BENCH_TARGET_PATH")
 WITH_SENSORS = os.environ.get("DW_BENCH_SENSORS") == "1"
+FETCH = os.environ.get("DW_BENCH_FETCH") == "1"
 
 # The harness parses once into DW_BENCH_MANIFEST_TARGET (absolute); default: the project's target/.
 project = DbtProject(
@@ -37,7 +40,8 @@ if KIND == "dagster-dbt":
 
     @dbt_assets(manifest=project.manifest_path, project=project)
     def bench_dbt_assets(context: AssetExecutionContext, dbt: DbtCliResource):
-        yield from dbt.cli(["build", "--threads", str(THREADS)], context=context).stream()
+        stream = dbt.cli(["build", "--threads", str(THREADS)], context=context).stream()
+        yield from stream.fetch_row_counts().fetch_column_metadata() if FETCH else stream
 
     resources = {"dbt": DbtCliResource(project_dir=project)}
     sensors = []
@@ -56,6 +60,8 @@ elif KIND == "watcher":
             invocation_mode=MODE,  # type: ignore[arg-type]
             threads=THREADS,
             target_path=TARGET_PATH,
+            fetch_row_counts=FETCH,
+            fetch_column_metadata=FETCH,
         )
     }
     sensors = build_watcher_sensors(bench_dbt_assets) if WITH_SENSORS else []

@@ -57,8 +57,12 @@ VARIANTS: dict[str, str] = {
     "watcher-runner-cli": "dagster-watcher, runner mode, `dagster asset materialize` CLI",
     "watcher-subprocess-cli": "dagster-watcher, subprocess mode, `dagster asset materialize` CLI",
     "dagster-dbt-cli": "dagster-dbt `@dbt_assets`, `dagster asset materialize` CLI",
+    # The cost of runtime metadata (opt-in: `--variants watcher-runner,watcher-runner-fetch,...`).
+    "watcher-runner-fetch": "`watcher-runner` with fetch_row_counts=True, fetch_column_metadata=True",
+    "dagster-dbt-fetch": "`dagster-dbt` with `.stream().fetch_row_counts().fetch_column_metadata()`",
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v != "dagster-dbt-cli"]
+FETCH_VARIANTS = {"watcher-runner-fetch", "dagster-dbt-fetch"}
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "dagster-dbt-cli" and v not in FETCH_VARIANTS]
 SMOKE_VARIANTS = ["dbt-cli", "watcher-runner"]
 DAGSTER_VARIANTS = {
     "dagster-dbt",
@@ -67,6 +71,7 @@ DAGSTER_VARIANTS = {
     "watcher-runner-cli",
     "watcher-subprocess-cli",
     "dagster-dbt-cli",
+    *FETCH_VARIANTS,
 }
 
 
@@ -434,9 +439,9 @@ class Sample:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _dagster_env(env: dict[str, str], kind: str, mode: str, threads: int) -> dict[str, str]:
+def _dagster_env(env: dict[str, str], kind: str, mode: str, threads: int, fetch: bool = False) -> dict[str, str]:
     env = dict(env)
-    env.update(DW_BENCH_KIND=kind, DW_BENCH_MODE=mode, DW_BENCH_THREADS=str(threads))
+    env.update(DW_BENCH_KIND=kind, DW_BENCH_MODE=mode, DW_BENCH_THREADS=str(threads), DW_BENCH_FETCH=str(int(fetch)))
     return env
 
 
@@ -447,10 +452,13 @@ def run_variant(bench: Bench, variant: str, threads: int, rep: int, opts: argpar
     sample = Sample(variant, threads, rep, float("nan"), False)
     if variant == "dbt-cli":
         m = run_process([BIN / "dbt", "build", *bench.dbt_args(threads)], env=env, cwd=bench.project_dir, log=log)
-    elif variant in ("dagster-dbt", "watcher-runner", "watcher-subprocess"):
-        kind = "dagster-dbt" if variant == "dagster-dbt" else "watcher"
-        mode = variant.split("-", 1)[1] if kind == "watcher" else ""
-        m = run_process([PY, WORKER, "materialize"], env=_dagster_env(env, kind, mode, threads), cwd=REPO, log=log)
+    elif variant in ("dagster-dbt", "watcher-runner", "watcher-subprocess", *FETCH_VARIANTS):
+        fetch = variant in FETCH_VARIANTS
+        base = variant.removesuffix("-fetch")
+        kind = "dagster-dbt" if base == "dagster-dbt" else "watcher"
+        mode = base.split("-", 1)[1] if kind == "watcher" else ""
+        dagster_env = _dagster_env(env, kind, mode, threads, fetch=fetch)
+        m = run_process([PY, WORKER, "materialize"], env=dagster_env, cwd=REPO, log=log)
     elif variant in ("watcher-runner-cli", "watcher-subprocess-cli", "dagster-dbt-cli"):
         kind = "dagster-dbt" if variant.startswith("dagster-dbt") else "watcher"
         mode = variant.split("-")[1] if kind == "watcher" else ""
@@ -705,6 +713,28 @@ def variant_table(samples: list[Sample], threads: int, order: list[str]) -> list
         lines.append(
             f"| {name} | {d['ok']}/{d['n']} | {_fmt(d['min'])} | {_fmt(d['median'])} | {ratio(ref)} | {ratio(ddbt)} | {_fmt(rss, 0)} | {lat_s} | {rows_s} |"
         )
+    return lines
+
+
+def fetch_cost_table(samples: list[Sample], threads: int) -> list[str]:
+    """What fetching runtime metadata costs: each ``*-fetch`` variant against the same variant
+    without fetching, measured in the same run (nothing when no fetch variant ran)."""
+    stats = summarise(samples, threads)
+    pairs = [(v, v.removesuffix("-fetch")) for v in sorted(FETCH_VARIANTS) if v in stats]
+    pairs = [(v, base) for v, base in pairs if base in stats]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "Runtime metadata (row counts + column schema + lineage), same run:",
+        "",
+        "| variant | median s | without fetching, median s | x without (median / min) |",
+        "|---|---|---|---|",
+    ]
+    for v, base in pairs:
+        d, b = stats[v], stats[base]
+        ratio = f"{d['median'] / b['median']:.2f} / {d['min'] / b['min']:.2f}"
+        lines.append(f"| {v} | {_fmt(d['median'])} | {_fmt(b['median'])} | {ratio} |")
     return lines
 
 
@@ -991,6 +1021,7 @@ def _main(opts: argparse.Namespace, postgres: Any) -> int:
         run_round(opts.variant_list, [opts.threads], opts.repeat)
         sections += [f"## Variants ({opts.threads} threads, end-to-end wall time of fresh processes)", ""]
         sections += variant_table(samples, opts.threads, opts.variant_list)
+        sections += fetch_cost_table(samples, opts.threads)
         sections += [
             "",
             *[
