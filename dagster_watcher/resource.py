@@ -15,6 +15,7 @@ from dagster import AssetExecutionContext, AssetObservation, ConfigurableResourc
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
+from .artifacts import build_dir, keep_partial_parse, partial_parse_args, prune_runs
 from .dagster_mapping import DagsterNodeEvent
 from .errors import DbtSelectionError, WatcherConfigError
 from .freshness import SourceFreshness
@@ -100,8 +101,18 @@ class DbtWatcherResource(ConfigurableResource):
     target_path: str | None = Field(
         default=None,
         description=(
-            "Where dbt writes compiled SQL and run_results.json. Default: <project>/target/dagster_watcher, "
-            "so a build never overwrites the manifest.json the Dagster definitions were loaded from."
+            "Where builds write dbt's artifacts: one folder per run and step attempt, "
+            "<target_path>/runs/<run_id>/<step>-<attempt> (compiled SQL, run_results.json, the timeline). "
+            "Default: <project>/target/dagster_watcher, so a build never overwrites the manifest.json the "
+            "Dagster definitions were loaded from."
+        ),
+    )
+    keep_runs: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "How many run folders under target_path/runs to keep: when a build starts, the oldest beyond "
+            "this number (by modification time) are removed, never one of a run still in progress."
         ),
     )
 
@@ -155,7 +166,32 @@ class DbtWatcherResource(ConfigurableResource):
         )
 
     def resolved_target_path(self) -> Path:
+        """The root of every build's artifacts (``target_path``, or its default), absolute."""
         return Path(self.target_path or Path(self.project_dir) / "target" / "dagster_watcher").absolute()
+
+    def prepare_build_dir(self, context: AssetExecutionContext) -> Path:
+        """Create this step attempt's artifact folder (see :mod:`dagster_watcher.artifacts`) and apply
+        the retention rule (``keep_runs``) to the other runs' folders; returns the folder.
+
+        Args:
+            context: the producer step's context (its run id, op name and retry number name the folder).
+        """
+        root = self.resolved_target_path()
+        path = build_dir(root, context.run.run_id, context.op_def.name, context.retry_number + 1)
+        path.mkdir(parents=True, exist_ok=True)
+        instance = context.instance
+
+        def in_progress(run_id: str) -> bool:
+            try:
+                run = instance.get_run_by_id(run_id)
+            except Exception:  # noqa: BLE001 - when in doubt, keep the folder
+                return True
+            return run is not None and not run.is_finished
+
+        removed = prune_runs(root, self.keep_runs, in_progress=in_progress, current=path.parent.name)
+        if removed:
+            context.log.debug(f"dagster-watcher: removed {len(removed)} old run folder(s) (keep_runs={self.keep_runs})")
+        return path
 
     def common_args(self, dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
         """The arguments every dbt command of a build gets: project, profile, target, vars."""
@@ -196,12 +232,13 @@ class DbtWatcherResource(ConfigurableResource):
             return RunnerInvocation(args, manifest=manifest, env=env, cwd=self.project_dir)
         return SubprocessInvocation(args, dbt_executable=self._dbt_executable(), cwd=Path(self.project_dir), env=env)
 
-    def selection_resolver(self, manifest: Mapping[str, Any]) -> SelectionResolver:
-        """dbt's selector for this resource's environment (in this process when dbt is importable)."""
+    def selection_resolver(self, manifest: Mapping[str, Any], build: Path | None = None) -> SelectionResolver:
+        """dbt's selector for this resource's environment (in this process when dbt is importable);
+        ``dbt ls`` writes into ``build``/selection (default: the target path's)."""
         in_process = dbt_is_importable()
         return SelectionResolver(
             manifest,
-            target_path=os.fspath(self.resolved_target_path() / "selection"),
+            target_path=os.fspath((build or self.resolved_target_path()) / "selection"),
             dbt_executable=None if in_process else self._dbt_executable(),
             cwd=self.project_dir,
             env={"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
@@ -259,10 +296,11 @@ class DbtWatcherResource(ConfigurableResource):
         check_parse_time_vars(plan.project, self.project_dir, merged_vars)
         user, rest = self.user_flags(extra_args)
         common = self.common_args(dbt_vars)
-        resolver = self.selection_resolver(plan.manifest)
+        build = self.prepare_build_dir(context)
+        resolver = self.selection_resolver(plan.manifest, build)
         stale: dict[str, str] = {}
         if self.skip_stale_sources if skip_stale_sources is None else skip_stale_sources:
-            check = SourceFreshness(self, plan, resolver, common, user)
+            check = SourceFreshness(self, plan, resolver, common, user, target_path=build / "freshness")
             stale = yield from check.run(context)
         try:
             resolve_plan(plan, user, resolver, common, stale_sources=stale)
@@ -275,7 +313,8 @@ class DbtWatcherResource(ConfigurableResource):
             context.log.info("dagster-watcher: dbt's selection runs none of this step's nodes; dbt is not started.")
             yield from stream_build(context, plan, NoWork.nothing_selected(), progress=self.progress)
             return
-        args = ["build", *common, "--target-path", os.fspath(self.resolved_target_path())]
+        root = self.resolved_target_path()
+        args = ["build", *common, "--target-path", os.fspath(build), *partial_parse_args(root, rest)]
         if self.threads:
             args += ["--threads", str(self.threads)]
         args += [*rest, *user.state_args, *plan.selection_args]
@@ -286,14 +325,20 @@ class DbtWatcherResource(ConfigurableResource):
                 context.log.warning(f"dagster-watcher: {stale_reason}; dbt parses the project for this build.")
                 manifest = None
         invocation = self.make_invocation(args, manifest)
-        context.log.info(f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode")
-        yield from stream_build(
-            context,
-            plan,
-            DbtResultSource(invocation, plan.manifest, self.resolved_target_path(), expected=plan.expected),
-            progress=self.progress,
-            heartbeat_interval=self.heartbeat_interval,
+        context.log.info(
+            f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode; "
+            f"dbt's artifacts (run_results.json, compiled SQL, the timeline) in {build}"
         )
+        try:
+            yield from stream_build(
+                context,
+                plan,
+                DbtResultSource(invocation, plan.manifest, build, expected=plan.expected),
+                progress=self.progress,
+                heartbeat_interval=self.heartbeat_interval,
+            )
+        finally:
+            keep_partial_parse(build, root)
 
     def _runner_manifest_problem(self, plan: BuildPlan) -> str | None:
         """Why runner mode must not execute the definition's manifest as it is, or None: it was parsed
