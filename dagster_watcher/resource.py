@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from dagster import AssetExecutionContext, AssetObservation, ConfigurableResource
+from dagster import AssetExecutionContext, AssetObservation, ConfigurableResource, InitResourceContext
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
@@ -21,7 +21,7 @@ from .errors import DbtSelectionError, WatcherConfigError
 from .freshness import SourceFreshness
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
 from .planning import BuildPlan, resolve_plan
-from .producer import DbtResultSource, NoWork, start_step, stream_build
+from .producer import DbtResultSource, NoWork, record_abandoned_writers, start_step, stream_build
 from .project import (
     check_parse_time_vars,
     checked_project_dir,
@@ -147,6 +147,12 @@ class DbtWatcherResource(ConfigurableResource):
                 "that holds profiles.yml, or leave it unset to use dbt's default (~/.dbt)."
             )
         return os.fspath(path.resolve())
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        """Dagster tears a run's resources down even when a termination's interrupt ended the step:
+        record the lost nodes of a producer writer it left suspended (see
+        :func:`~dagster_watcher.producer.record_abandoned_writers`)."""
+        record_abandoned_writers(context.run_id)
 
     # -- what the producer calls ------------------------------------------------------------------
 
