@@ -152,7 +152,7 @@ class DbtWatcherResource(ConfigurableResource):
         """Dagster tears a run's resources down even when a termination's interrupt ended the step:
         record the lost nodes of a producer writer it left suspended (see
         :func:`~dagster_watcher.producer.record_abandoned_writers`)."""
-        record_abandoned_writers(context.run_id)
+        record_abandoned_writers(context.run.run_id if context.run is not None else None)
 
     # -- what the producer calls ------------------------------------------------------------------
 
