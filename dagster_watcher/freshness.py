@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 from collections.abc import Generator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagster import AssetExecutionContext, AssetObservation, MetadataValue
@@ -35,6 +36,7 @@ class SourceFreshness:
         resolver: dbt's selector, in the same environment.
         common_args: project/profile/vars arguments of the build.
         user: the user's selection flags (their state flags apply).
+        target_path: where `dbt source freshness` writes (the build's folder's ``freshness``).
     """
 
     def __init__(
@@ -44,13 +46,15 @@ class SourceFreshness:
         resolver: SelectionResolver,
         common_args: list[str],
         user: DbtSelectionFlags,
+        *,
+        target_path: Path | None = None,
     ) -> None:
         self.resource = resource
         self.plan = plan
         self.resolver = resolver
         self.common_args = common_args
         self.user = user
-        self.target_path = resource.resolved_target_path() / "freshness"
+        self.target_path = target_path or resource.resolved_target_path() / "freshness"
 
     def args(self) -> list[str]:
         upstream = sorted(

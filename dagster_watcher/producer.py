@@ -10,14 +10,22 @@ turns each result into one event. What the step plans comes from ``planning``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from dagster import AssetExecutionContext, DagsterExecutionInterruptedError, MetadataValue
+from dagster import (
+    AssetExecutionContext,
+    AssetObservation,
+    DagsterExecutionInterruptedError,
+    DagsterRunStatus,
+    MetadataValue,
+)
 
 from . import contract
 from ._compat import memoize_output_asset_keys
@@ -31,6 +39,8 @@ from .planning import BuildPlan, plan_for_context, succeeded_in_run
 from .runtime_metadata import FetchedMetadata
 from .status import LOST_MESSAGE, NodeResult, NodeStatus, lost_result, not_selected_result
 from .timeline import write_timeline
+
+logger = logging.getLogger("dagster_watcher")
 
 
 def start_step(context: AssetExecutionContext) -> BuildPlan | None:
@@ -206,6 +216,33 @@ def stream_build(
         DbtDidNotComplete: after every outcome is written, when the source did not run to the end.
         NodesDidNotSucceed: after every outcome is written, when a selected node did not succeed.
     """
+    writer = _OpenWriter()
+    run_id = context.run.run_id
+    _OPEN_WRITERS.add(run_id, writer)
+    try:
+        yield from _write_build(
+            context, plan, source, progress=progress, heartbeat_interval=heartbeat_interval, writer=writer
+        )
+    except GeneratorExit:
+        # Dagster closed the step's generator: nothing more may be yielded, but what is owed is still
+        # recorded (see _OpenWriter).
+        writer.record_unyielded()
+        raise
+    finally:
+        _OPEN_WRITERS.remove(run_id, writer)
+
+
+def _write_build(
+    context: AssetExecutionContext,
+    plan: BuildPlan,
+    source: NodeResultSource,
+    *,
+    progress: bool,
+    heartbeat_interval: float,
+    writer: _OpenWriter,
+) -> Iterator[DagsterNodeEvent]:
+    """The body of :func:`stream_build`; ``writer`` learns how to record what this generator owes if
+    Dagster leaves it suspended."""
     bar = _Progress(plan, progress)
     results: list[NodeResult] = []
     started = time.monotonic()
@@ -232,6 +269,23 @@ def stream_build(
             lost = lost_result(unique_id, plan.manifest, invocation_id)
             yield from emit(dataclasses.replace(lost, message=message))
 
+    outcomes: Iterator[NodeResult | None] | None = None
+
+    def record_unyielded() -> None:
+        # Without yielding: stop the work, let the source's cleanup wait for dbt to stop, and write
+        # each planned node without an outcome through context.log_event, which stores it in this
+        # run's event log at once (observations only: how a failed or lost node is recorded).
+        source.cancel()
+        close = getattr(outcomes, "close", None)  # a generator source: its cleanup waits for dbt
+        if close is not None:
+            close()
+        message = _lost_message_after_close(context)
+        log.warning(f"dagster-watcher: the step was stopped; nodes without an outcome are recorded as lost: {message}")
+        for result in source.release_held():
+            _log_observations(context, emit(result))
+        _log_observations(context, unreported(message))
+
+    writer.bind(record_unyielded)
     for unique_id, reason in sorted(plan.not_selected.items()):
         yield from emit(not_selected_result(unique_id, plan.manifest, reason))
     if plan.not_selected:
@@ -241,15 +295,14 @@ def stream_build(
         run_id = context.run.run_id
         on_process_start(lambda pid: context.instance.add_run_tags(run_id, contract.dbt_process_tags(pid)))
     heartbeat = _Heartbeat(context, heartbeat_interval)
+    outcomes = source.results()
     try:
-        for result in source.results():
+        for result in outcomes:
             heartbeat.maybe()
             if result is not None:
                 yield from emit(result)
     except GeneratorExit:
-        # Dagster closed the step's generator: nothing more may be yielded; just stop the work.
-        source.cancel()
-        raise
+        raise  # Dagster closed the step: nothing more may be yielded (stream_build records the rest)
     except BaseException as error:
         # Termination or any error on the writer's side: stop the work (the source's own cleanup has
         # waited for dbt to stop), record what is known and every other planned node as lost with the
@@ -301,6 +354,96 @@ def stream_build(
             metadata=metadata,
             allow_retries=retryable,
         )
+
+
+class _OpenWriter:
+    """What a producer's writer still owes the event log if Dagster leaves its generator suspended.
+
+    A termination's interrupt that arrives while Dagster stores one of the step's events (not while
+    the writer runs) is raised by Dagster itself, before it resumes the generator: the step fails with
+    the writer suspended at a ``yield``, and the generator is closed only when garbage collection gets
+    to it, possibly never. Dagster still tears the run's resources down afterwards, so the watcher
+    resources' teardown calls :func:`record_abandoned_writers`, and a close calls
+    :meth:`record_unyielded` too; whichever comes first records every planned node without an outcome
+    as lost (the other finds nothing to do)."""
+
+    def __init__(self) -> None:
+        self._record: Callable[[], None] | None = None
+        self._done = False
+
+    def bind(self, record: Callable[[], None]) -> None:
+        self._record = record
+
+    def record_unyielded(self) -> None:
+        if self._done or self._record is None:
+            return
+        self._done = True
+        self._record()
+
+
+class _OpenWriters:
+    """The writers of this process that have started and not ended, by run id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_run: dict[str, list[_OpenWriter]] = {}
+
+    def add(self, run_id: str, writer: _OpenWriter) -> None:
+        with self._lock:
+            self._by_run.setdefault(run_id, []).append(writer)
+
+    def remove(self, run_id: str, writer: _OpenWriter) -> None:
+        with self._lock:
+            writers = self._by_run.get(run_id, [])
+            if writer in writers:
+                writers.remove(writer)
+            if not writers:
+                self._by_run.pop(run_id, None)
+
+    def take(self, run_id: str) -> list[_OpenWriter]:
+        with self._lock:
+            return self._by_run.pop(run_id, [])
+
+
+_OPEN_WRITERS = _OpenWriters()
+
+
+def record_abandoned_writers(run_id: str | None) -> int:
+    """Record as lost every planned node without an outcome of this run's producer steps whose writer
+    Dagster left suspended (see :class:`_OpenWriter`); a writer that ended normally is not affected.
+    Called by the watcher resources' ``teardown_after_execution``, which Dagster runs even when an
+    interrupt ended the step. Returns how many writers it finished.
+
+    Args:
+        run_id: the run whose resources are torn down (None outside a run: nothing to do).
+    """
+    if run_id is None:
+        return 0
+    writers = _OPEN_WRITERS.take(run_id)
+    for writer in writers:
+        try:
+            writer.record_unyielded()
+        except Exception as error:  # noqa: BLE001 - teardown must not hide the step's own failure
+            logger.warning("dagster-watcher: could not record the lost nodes of a stopped step: %s", error)
+    return len(writers)
+
+
+def _log_observations(context: AssetExecutionContext, events: Iterator[DagsterNodeEvent]) -> None:
+    for event in events:
+        if isinstance(event, AssetObservation):
+            context.log_event(event)
+
+
+def _lost_message_after_close(context: AssetExecutionContext) -> str:
+    """Why the nodes of a step Dagster closed early are lost: a run being terminated, or else the step
+    ended for a reason the writer cannot see (an error in Dagster while it stored an event)."""
+    try:
+        run = context.instance.get_run_by_id(context.run.run_id)
+    except Exception:  # noqa: BLE001 - the record is what matters, not the exact reason
+        run = None
+    if run is not None and run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
+        return contract.RUN_TERMINATED
+    return f"{LOST_MESSAGE} Dagster stopped the step before dbt finished."
 
 
 class _Heartbeat:

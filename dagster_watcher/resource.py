@@ -11,17 +11,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from dagster import AssetExecutionContext, AssetObservation, ConfigurableResource
+from dagster import AssetExecutionContext, AssetObservation, ConfigurableResource, InitResourceContext
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
+from .artifacts import build_dir, keep_partial_parse, partial_parse_args, prune_runs
 from .dagster_mapping import DagsterNodeEvent
 from .errors import DbtSelectionError, WatcherConfigError
 from .freshness import SourceFreshness
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
 from .invocation._fetch import FetchPlan
 from .planning import BuildPlan, resolve_plan
-from .producer import DbtResultSource, NoWork, start_step, stream_build
+from .producer import DbtResultSource, NoWork, record_abandoned_writers, start_step, stream_build
 from .project import (
     check_parse_time_vars,
     checked_project_dir,
@@ -102,8 +103,18 @@ class DbtWatcherResource(ConfigurableResource):
     target_path: str | None = Field(
         default=None,
         description=(
-            "Where dbt writes compiled SQL and run_results.json. Default: <project>/target/dagster_watcher, "
-            "so a build never overwrites the manifest.json the Dagster definitions were loaded from."
+            "Where builds write dbt's artifacts: one folder per run and step attempt, "
+            "<target_path>/runs/<run_id>/<step>-<attempt> (compiled SQL, run_results.json, the timeline). "
+            "Default: <project>/target/dagster_watcher, so a build never overwrites the manifest.json the "
+            "Dagster definitions were loaded from."
+        ),
+    )
+    keep_runs: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "How many run folders under target_path/runs to keep: when a build starts, the oldest beyond "
+            "this number (by modification time) are removed, never one of a run still in progress."
         ),
     )
     fetch_row_counts: bool = Field(
@@ -155,6 +166,12 @@ class DbtWatcherResource(ConfigurableResource):
             )
         return os.fspath(path.resolve())
 
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        """Dagster tears a run's resources down even when a termination's interrupt ended the step:
+        record the lost nodes of a producer writer it left suspended (see
+        :func:`~dagster_watcher.producer.record_abandoned_writers`)."""
+        record_abandoned_writers(context.run.run_id if context.run is not None else None)
+
     # -- what the producer calls ------------------------------------------------------------------
 
     def resolved_mode(self) -> Literal["runner", "subprocess"]:
@@ -173,7 +190,32 @@ class DbtWatcherResource(ConfigurableResource):
         )
 
     def resolved_target_path(self) -> Path:
+        """The root of every build's artifacts (``target_path``, or its default), absolute."""
         return Path(self.target_path or Path(self.project_dir) / "target" / "dagster_watcher").absolute()
+
+    def prepare_build_dir(self, context: AssetExecutionContext) -> Path:
+        """Create this step attempt's artifact folder (see :mod:`dagster_watcher.artifacts`) and apply
+        the retention rule (``keep_runs``) to the other runs' folders; returns the folder.
+
+        Args:
+            context: the producer step's context (its run id, op name and retry number name the folder).
+        """
+        root = self.resolved_target_path()
+        path = build_dir(root, context.run.run_id, context.op_def.name, context.retry_number + 1)
+        path.mkdir(parents=True, exist_ok=True)
+        instance = context.instance
+
+        def in_progress(run_id: str) -> bool:
+            try:
+                run = instance.get_run_by_id(run_id)
+            except Exception:  # noqa: BLE001 - when in doubt, keep the folder
+                return True
+            return run is not None and not run.is_finished
+
+        removed = prune_runs(root, self.keep_runs, in_progress=in_progress, current=path.parent.name)
+        if removed:
+            context.log.debug(f"dagster-watcher: removed {len(removed)} old run folder(s) (keep_runs={self.keep_runs})")
+        return path
 
     def common_args(self, dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
         """The arguments every dbt command of a build gets: project, profile, target, vars."""
@@ -235,12 +277,13 @@ class DbtWatcherResource(ConfigurableResource):
             return "dbt is not installed beside dagster-watcher, so its adapter cannot be used to read metadata"
         return None
 
-    def selection_resolver(self, manifest: Mapping[str, Any]) -> SelectionResolver:
-        """dbt's selector for this resource's environment (in this process when dbt is importable)."""
+    def selection_resolver(self, manifest: Mapping[str, Any], build: Path | None = None) -> SelectionResolver:
+        """dbt's selector for this resource's environment (in this process when dbt is importable);
+        ``dbt ls`` writes into ``build``/selection (default: the target path's)."""
         in_process = dbt_is_importable()
         return SelectionResolver(
             manifest,
-            target_path=os.fspath(self.resolved_target_path() / "selection"),
+            target_path=os.fspath((build or self.resolved_target_path()) / "selection"),
             dbt_executable=None if in_process else self._dbt_executable(),
             cwd=self.project_dir,
             env={"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
@@ -304,10 +347,11 @@ class DbtWatcherResource(ConfigurableResource):
         check_parse_time_vars(plan.project, self.project_dir, merged_vars)
         user, rest = self.user_flags(extra_args)
         common = self.common_args(dbt_vars)
-        resolver = self.selection_resolver(plan.manifest)
+        build = self.prepare_build_dir(context)
+        resolver = self.selection_resolver(plan.manifest, build)
         stale: dict[str, str] = {}
         if self.skip_stale_sources if skip_stale_sources is None else skip_stale_sources:
-            check = SourceFreshness(self, plan, resolver, common, user)
+            check = SourceFreshness(self, plan, resolver, common, user, target_path=build / "freshness")
             stale = yield from check.run(context)
         try:
             resolve_plan(plan, user, resolver, common, stale_sources=stale)
@@ -320,7 +364,8 @@ class DbtWatcherResource(ConfigurableResource):
             context.log.info("dagster-watcher: dbt's selection runs none of this step's nodes; dbt is not started.")
             yield from stream_build(context, plan, NoWork.nothing_selected(), progress=self.progress)
             return
-        args = ["build", *common, "--target-path", os.fspath(self.resolved_target_path())]
+        root = self.resolved_target_path()
+        args = ["build", *common, "--target-path", os.fspath(build), *partial_parse_args(root, rest)]
         if self.threads:
             args += ["--threads", str(self.threads)]
         args += [*rest, *user.state_args, *plan.selection_args]
@@ -335,21 +380,26 @@ class DbtWatcherResource(ConfigurableResource):
             plan,
             self.fetch_row_counts if fetch_row_counts is None else fetch_row_counts,
             self.fetch_column_metadata if fetch_column_metadata is None else fetch_column_metadata,
+            build,
         )
         invocation = self.make_invocation(args, manifest, fetch=fetched.plan if fetched is not None else None)
-        context.log.info(f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode")
-        yield from stream_build(
-            context,
-            plan,
-            DbtResultSource(
-                invocation, plan.manifest, self.resolved_target_path(), expected=plan.expected, fetched=fetched
-            ),
-            progress=self.progress,
-            heartbeat_interval=self.heartbeat_interval,
+        context.log.info(
+            f"dagster-watcher: dbt build of {len(plan.expected)} node(s) in {invocation.mode} mode; "
+            f"dbt's artifacts (run_results.json, compiled SQL, the timeline) in {build}"
         )
+        try:
+            yield from stream_build(
+                context,
+                plan,
+                DbtResultSource(invocation, plan.manifest, build, expected=plan.expected, fetched=fetched),
+                progress=self.progress,
+                heartbeat_interval=self.heartbeat_interval,
+            )
+        finally:
+            keep_partial_parse(build, root)
 
     def _fetched_metadata(
-        self, context: AssetExecutionContext, plan: BuildPlan, row_counts: bool, columns: bool
+        self, context: AssetExecutionContext, plan: BuildPlan, row_counts: bool, columns: bool, build: Path
     ) -> FetchedMetadata | None:
         """What the dbt process reads after each built node (None: nothing), for this build's assets."""
         if not (row_counts or columns):
@@ -367,7 +417,7 @@ class DbtWatcherResource(ConfigurableResource):
             plan.manifest,
             translator=plan.translator,
             project=plan.project,
-            target_path=self.resolved_target_path(),
+            target_path=build,
         )
 
     def _runner_manifest_problem(self, plan: BuildPlan) -> str | None:

@@ -25,7 +25,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from dagster import AssetExecutionContext, ConfigurableResource, DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import (
+    AssetExecutionContext,
+    ConfigurableResource,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    InitResourceContext,
+)
 from dagster_dbt import DbtProject
 from pydantic import Field, field_validator
 
@@ -39,7 +46,7 @@ from dagster_watcher.dagster_mapping import DagsterNodeEvent
 from dagster_watcher.errors import WatcherConfigError
 from dagster_watcher.invocation import InvocationExit
 from dagster_watcher.planning import BuildPlan
-from dagster_watcher.producer import NoWork, start_step, stream_build
+from dagster_watcher.producer import NoWork, record_abandoned_writers, start_step, stream_build
 from dagster_watcher.project import checked_project_dir, profiles_dir_for, project_kwargs
 from dagster_watcher.status import NodeResult
 
@@ -278,6 +285,12 @@ class BigQueryWatcherResource(ConfigurableResource):
     @classmethod
     def _check_project_dir(cls, value: str) -> str:
         return checked_project_dir(value, "BigQueryWatcherResource")
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        """Dagster tears a run's resources down even when a termination's interrupt ended the step:
+        record the lost nodes of a producer writer it left suspended (see
+        :func:`~dagster_watcher.producer.record_abandoned_writers`)."""
+        record_abandoned_writers(context.run.run_id if context.run is not None else None)
 
     # -- configuration helpers ----------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from dagster_watcher.artifacts import build_dirs_of_run
+
 from ..support.deployment import GraphQLClient, key_str, metadata_dict, node_observations, running_dagster_dev
 from .test_deployment import (
     DBT_ASSETS,
@@ -167,9 +169,11 @@ def daemon_retry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonRet
             all_ticks={name: client.sensor_ticks(name, limit=1000) for name in names},
             assets=client.asset_nodes(),
             flaky_files=sorted(p.name for p in flaky_dir.iterdir()),
-            retry_run_results=json.loads((project_dir / "target" / "dagster_watcher" / "run_results.json").read_text())[
-                "results"
-            ],
+            retry_run_results=json.loads(
+                (
+                    build_dirs_of_run(project_dir / "target" / "dagster_watcher", retry_id)[-1] / "run_results.json"
+                ).read_text()
+            )["results"],
             seconds=seconds,
         )
     print(f"\ndaemon consumer timings (s since start): { {k: round(v, 1) for k, v in seconds.items()} }")

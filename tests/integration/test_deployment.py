@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from dagster_watcher.artifacts import build_dirs_of_run
+
 from ..support.deployment import (
     ARTIFACTS,
     REPO,
@@ -134,7 +136,8 @@ class LaunchedRun:
 
     def run_results(self) -> list[dict[str, Any]]:
         """dbt's run_results.json of this run's build, in dbt's order."""
-        return json.loads((self.target_path / "run_results.json").read_text())["results"]
+        (build,) = build_dirs_of_run(self.target_path, self.run_id)
+        return json.loads((build / "run_results.json").read_text())["results"]
 
 
 def launch_and_wait(dev: DagsterDev, project_dir: Path, target_path: Path, **config: Any) -> LaunchedRun:

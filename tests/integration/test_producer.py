@@ -161,7 +161,7 @@ def test_the_build_leaves_a_timeline_with_one_bar_per_executed_node(
     mode: str, failing_runs: dict[str, WatcherRun]
 ) -> None:
     run = failing_runs[mode]
-    svg = (run.target_path / TIMELINE_FILE).read_text()
+    svg = (run.build_dir / TIMELINE_FILE).read_text()
     bars = dict(re.findall(r'<rect class="node" data-unique-id="([^"]+)" data-status="([^"]+)"', svg))
     executed = {u for u, r in run.run_results().items() if r["status"] != "skipped"}
     assert set(bars) == executed, "one bar per node dbt executed (run_results.json), no other"

@@ -208,14 +208,6 @@ def test_sigkill_of_the_step_process_leaves_no_dbt_building(mode: str, start_ste
     assert step.executions() == ["slow_model started"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "Known gap: when the termination's interrupt lands while Dagster itself is storing one of the "
-        "step's events (not while the writer waits for dbt), Dagster closes the step's generator and "
-        "the unreported nodes are not recorded; seen in about half of the runs on a loaded machine."
-    ),
-)
 def test_terminated_run_records_every_unreported_node_as_lost_run_terminated(
     start_step, shop_assets: AssetsDefinition
 ) -> None:

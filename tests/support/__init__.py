@@ -26,6 +26,7 @@ from dagster import (
 from dagster._core.execution.execution_result import ExecutionResult
 
 from dagster_watcher import DbtWatcherResource
+from dagster_watcher.artifacts import build_dirs_of_run
 from dagster_watcher.contract import STATUS_KEY, TEST_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,8 +81,15 @@ class WatcherRun:
             out[ev.asset_check_key] = ev
         return out
 
+    @property
+    def build_dir(self) -> Path:
+        """This run's (latest attempt's) artifact folder under the resource's target path."""
+        found = build_dirs_of_run(self.target_path, self.run_id)
+        assert found, f"no build folder of run {self.run_id} under {self.target_path}"
+        return found[-1]
+
     def run_results(self) -> dict[str, Any]:
-        data = json.loads((self.target_path / "run_results.json").read_text())
+        data = json.loads((self.build_dir / "run_results.json").read_text())
         return {r["unique_id"]: r for r in data["results"]}
 
     def step_failure_message(self) -> str:
