@@ -302,3 +302,42 @@ def column_lineage_metadata(
             project=project,
         )
     )
+
+
+def dbt_target(profiles_dir: str | os.PathLike[str], profile_name: str, target: str | None) -> dict[str, Any] | None:
+    """The dbt target a parse would use, rendered as dbt renders it (``env_var()`` read from this
+    process's environment): ``{"name", "type", "database", "schema"}``, without parsing the project.
+
+    ``prepare_manifest`` compares it with a manifest.json it did not parse itself (one made by
+    ``dagster-dbt project prepare-and-package``): the relations baked into the manifest must be the
+    ones this environment's target names (a DuckDB file's name is its database).
+
+    Fallback: None when dbt's profile classes are not what this expects, or the profile cannot be
+    rendered here; the caller then parses (slower, same result)."""
+    import contextvars
+
+    def render() -> dict[str, Any]:
+        from dbt.config.profile import Profile, read_profile
+        from dbt.config.renderer import ProfileRenderer
+        from dbt_common.context import set_invocation_context
+
+        # env_var() reads the invocation context dbt sets per command; this copy of the context
+        # keeps it from leaking into the caller's.
+        set_invocation_context(dict(os.environ))
+        raw = read_profile(os.fspath(profiles_dir))
+        if profile_name not in raw:
+            raise KeyError(profile_name)
+        name, data = Profile.render_profile(raw[profile_name], profile_name, target, ProfileRenderer({}))
+        credentials = Profile._credentials_from_profile(data, profile_name, name)
+        return {
+            "name": name,
+            "type": credentials.type,
+            "database": credentials.database,
+            "schema": credentials.schema,
+        }
+
+    try:
+        return contextvars.copy_context().run(render)
+    except Exception as error:  # noqa: BLE001 - dbt parses instead
+        logger.info(f"dagster-watcher: could not render dbt target {target!r} of profile {profile_name!r}: {error!r}")
+        return None

@@ -350,6 +350,51 @@ def test_column_lineage_metadata_when_dagster_dbts_builder_moved(monkeypatch: py
     assert _compat.column_lineage_metadata({"a": {"data_type": "INTEGER"}}, {}, {}, {}, None, None, None) == {}
 
 
+# -- dbt_target ------------------------------------------------------------------------------------
+
+PROFILES = """
+shop:
+  target: dev
+  outputs:
+    dev: {type: duckdb, path: "{{ env_var('DW_TEST_TARGET_DB', 'first.duckdb') }}", threads: 1}
+    other: {type: duckdb, path: other.duckdb, schema: reports, threads: 1}
+"""
+
+
+def test_dbt_target_renders_the_profile_with_this_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "profiles.yml").write_text(PROFILES)
+    assert _compat.dbt_target(tmp_path, "shop", None) == {
+        "name": "dev",
+        "type": "duckdb",
+        "database": "first",
+        "schema": "main",
+    }
+    monkeypatch.setenv("DW_TEST_TARGET_DB", "/elsewhere/second.duckdb")
+    assert _compat.dbt_target(tmp_path, "shop", None)["database"] == "second", "the file's name is the database"
+    assert _compat.dbt_target(tmp_path, "shop", "other") == {
+        "name": "other",
+        "type": "duckdb",
+        "database": "other",
+        "schema": "reports",
+    }
+
+
+@pytest.mark.parametrize("what", ["no such profile", "no such target", "no profiles.yml"])
+def test_dbt_target_that_cannot_be_rendered_is_none(what: str, tmp_path: Path):
+    if what != "no profiles.yml":
+        (tmp_path / "profiles.yml").write_text(PROFILES)
+    profile, target = (
+        ("nope", None) if what == "no such profile" else ("shop", "nope" if what == "no such target" else None)
+    )
+    assert _compat.dbt_target(tmp_path, profile, target) is None
+
+
+def test_dbt_target_when_dbts_profile_classes_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "profiles.yml").write_text(PROFILES)
+    make_import_fail(monkeypatch, "dbt.config.profile")
+    assert _compat.dbt_target(tmp_path, "shop", None) is None
+
+
 def test_every_compat_function_is_covered_here():
     """A new private access in _compat.py needs its fallback test in this file."""
     import inspect
@@ -373,5 +418,6 @@ def test_every_compat_function_is_covered_here():
         "current_manifest",
         "dbt_adapter",
         "column_lineage_metadata",
+        "dbt_target",
     }
     assert all(f"_compat.{name}" in source for name in public)

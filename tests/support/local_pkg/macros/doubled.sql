@@ -1,0 +1,1 @@
+{% macro doubled(column) %}({{ column }} * 2){% endmacro %}

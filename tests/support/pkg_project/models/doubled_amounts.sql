@@ -1,0 +1,1 @@
+select id, {{ local_pkg.doubled('amount') }} as doubled from {{ ref('amounts') }}
