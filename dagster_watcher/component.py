@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import dagster as dg
-import yaml  # type: ignore[import-untyped]  # dagster depends on PyYAML; its stubs are not installed
 from dagster import Resolver
 from dagster_dbt import DbtProject, DbtProjectComponent
+from dagster_shared.yaml_utils import safe_load_yaml
 
 from . import contract
 from ._compat import dbt_component_scope
@@ -330,7 +330,7 @@ def watcher_build_args(cli_args: Sequence[str]) -> tuple[list[str], dict[str, An
         if arg == "--vars" or arg.startswith("--vars="):
             raw = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
             i += 1 if "=" in arg else 2
-            parsed = yaml.safe_load(raw) if raw else None  # dbt reads --vars as YAML (JSON is YAML)
+            parsed = safe_load_yaml(raw) if raw else None  # dbt reads --vars as YAML (JSON is YAML)
             if not isinstance(parsed, Mapping):
                 raise WatcherConfigError(f"cli_args: --vars {raw!r} is not a mapping of var names to values.")
             dbt_vars.update(parsed)
