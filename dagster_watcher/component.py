@@ -128,7 +128,7 @@ class DbtWatcherProjectComponent(DbtProjectComponent):
     Args:
         invocation_mode: ``auto``, ``runner`` or ``subprocess`` (see :class:`DbtWatcherResource`).
         threads: dbt threads (default: the profile's).
-        job_name: name of the job that builds every asset (default ``<op name>_watcher_job``).
+        job_name: name of the job that builds every asset (default ``<dbt project name>_watcher_job``).
         retry_policy: how consumers retry failed nodes; ``null`` disables retries.
         sensors: tick interval and default status of the consumer sensors; ``null``: no sensors.
         downstream: model name -> a job name, or an asset selection string (``key:report``), or a
@@ -160,7 +160,9 @@ class DbtWatcherProjectComponent(DbtProjectComponent):
     threads: Annotated[int | None, Resolver.default(description="dbt threads (default: the profile's).")] = None
     job_name: Annotated[
         str | None,
-        Resolver.default(description="Name of the job building every asset. Default: `<op name>_watcher_job`."),
+        Resolver.default(
+            description="Name of the job building every asset. Default: `<dbt project name>_watcher_job`."
+        ),
     ] = None
     retry_policy: Annotated[
         WatcherRetryPolicyArgs | None,
@@ -249,7 +251,7 @@ class DbtWatcherProjectComponent(DbtProjectComponent):
                 yield from self.execute(context=context, dbt=resource)
 
         job = dg.define_asset_job(
-            self.job_name or f"{_watcher_fn.node_def.name}_watcher_job",
+            self.job_name or f"{project.name}_watcher_job",
             selection=dg.AssetSelection.assets(_watcher_fn),
             description=f"Build every dbt node of {project.name!r} in one `dbt build`.",
         )

@@ -221,7 +221,8 @@ def _build_sensors(
             *(j for j in downstream_jobs if not isinstance(j, str) and j.name in watched.downstream_jobs),
         ]
         by_name = [j for j in downstream_jobs if isinstance(j, str) and j in watched.downstream_jobs]
-        sensor = SensorDefinition(
+        sensor = _ConsumerSensor(
+            job_names=by_name,
             name=contract.sensor_name(key),
             evaluation_fn=_make_evaluation(
                 watched, unique_id_of, retry_job.name, retry_policy, shared, coordinator, heartbeat_timeout
@@ -231,14 +232,35 @@ def _build_sensors(
             default_status=default_status,
             description=f"dagster-watcher consumer of {key.to_user_string()} ({watched.unique_id}).",
         )
-        if by_name and not add_job_name_targets(sensor, by_name):
-            raise WatcherConfigError(
-                f"build_watcher_sensors: downstream jobs {by_name} of {key.to_user_string()!r} are given by name, "
-                "which this Dagster release does not support for sensors: pass the job definitions, or an "
-                "asset selection of what they build."
-            )
         sensors.append(sensor)
     return sensors
+
+
+class _ConsumerSensor(SensorDefinition):
+    """A consumer sensor that may also target jobs known by name only (defined elsewhere in the code
+    location). Dagster copies sensors with ``with_attributes`` (binding resources, adding a component's
+    metadata) and rebuilds the copy from its job definitions, which would drop the name targets: this
+    class re-adds them on every copy."""
+
+    def __init__(self, *, job_names: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._watcher_kwargs = kwargs
+        self._watcher_job_names = tuple(job_names)
+        if self._watcher_job_names and not add_job_name_targets(self, self._watcher_job_names):
+            raise WatcherConfigError(
+                f"build_watcher_sensors: downstream jobs {list(self._watcher_job_names)} of sensor {self.name!r} "
+                "are given by name, which this Dagster release does not support for sensors: pass the job "
+                "definitions, or an asset selection of what they build."
+            )
+
+    def with_attributes(
+        self, *, jobs: Sequence[Any] | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> _ConsumerSensor:
+        kwargs = dict(self._watcher_kwargs)
+        if jobs is not None:
+            kwargs["jobs"] = list(jobs)
+        kwargs["metadata"] = metadata if metadata is not None else self.metadata
+        return _ConsumerSensor(job_names=self._watcher_job_names, **kwargs)
 
 
 def _make_evaluation(
