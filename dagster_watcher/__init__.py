@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .asset_decorator import dbt_watcher_assets
 from .bigquery.resource import BigQueryWatcherResource
+from .component import DbtWatcherProjectComponent
 from .consumers import build_watcher_schedule, build_watcher_sensors
 from .contract import PRODUCER_TAG
 from .errors import (
@@ -46,6 +47,7 @@ __all__ = [
     "DagsterWatcherError",
     "DbtDidNotComplete",
     "DbtSelectionError",
+    "DbtWatcherProjectComponent",
     "DbtWatcherResource",
     "InvocationMode",
     "ManifestPreparationError",

@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 logger = logging.getLogger("dagster_watcher")
@@ -41,6 +42,30 @@ def is_job_like(value: object) -> bool:
         return True
     # Fallback when the private class moved: what define_asset_job returns has these.
     return hasattr(value, "name") and hasattr(value, "selection") and callable(getattr(value, "resolve", None))
+
+
+def add_job_name_targets(sensor: Any, job_names: Sequence[str]) -> bool:
+    """Let ``sensor`` request runs of jobs it knows by name only: jobs defined elsewhere in the code
+    location (another component or a Python module of a ``dg`` project). Dagster resolves a job named
+    by a string when the run is requested, but ``SensorDefinition`` takes a name only as its single
+    ``job_name`` target, never beside job definitions (and a string in ``jobs=`` is read as an asset
+    key). Appends one name target per job to the sensor's targets.
+
+    Fallback (the targets' class or list moved): returns False and changes nothing; the caller then
+    asks for the job definition or an asset selection instead of a name."""
+    try:
+        from dagster._core.definitions.target import AutomationTarget
+    except ImportError:
+        return False
+    targets = getattr(sensor, "_targets", None)
+    if not isinstance(targets, list):
+        return False
+    known = {t.job_name for t in targets}
+    for name in job_names:
+        if name not in known:
+            targets.append(AutomationTarget(resolvable_to_job=name))
+            known.add(name)
+    return True
 
 
 def memoize_output_asset_keys(context: Any) -> bool:
@@ -341,3 +366,20 @@ def dbt_target(profiles_dir: str | os.PathLike[str], profile_name: str, target: 
     except Exception as error:  # noqa: BLE001 - dbt parses instead
         logger.info(f"dagster-watcher: could not render dbt target {target!r} of profile {profile_name!r}: {error!r}")
         return None
+
+
+@contextmanager
+def dbt_component_scope(resolution_context: Any) -> Iterator[None]:
+    """Around a ``DbtProjectComponent`` build: dagster-dbt's ``get_cli_args`` renders the ``cli_args``
+    templates (``{{ partition_key }}``, ...) with the component's resolution context, which it reads
+    from a context variable its own asset body sets (``_set_resolution_context``).
+
+    Fallback (the helper moved): nothing is set, and dagster-dbt resolves ``cli_args`` however its
+    release does."""
+    try:
+        from dagster_dbt.components.dbt_component_utils import _set_resolution_context
+    except ImportError:
+        yield
+        return
+    with _set_resolution_context(resolution_context):
+        yield

@@ -38,7 +38,7 @@ from dagster import (
 )
 
 from .. import contract
-from .._compat import asset_job_types, is_job_like
+from .._compat import add_job_name_targets, asset_job_types, is_job_like
 from .._gc import paused_gc
 from ..contract import RecordedOutcome
 from ..errors import WatcherConfigError
@@ -59,7 +59,8 @@ IN_PROGRESS = frozenset(
 _WATCHED_TYPES = ("model", "seed", "snapshot")
 
 DownstreamTarget = Any
-"""A job definition (``define_asset_job`` or ``@job``) or an ``AssetSelection``."""
+"""A job definition (``define_asset_job`` or ``@job``), a job's name (a job defined elsewhere in the code
+location, e.g. by a ``dg`` project's Python module), or an ``AssetSelection``."""
 
 
 @dataclass
@@ -111,9 +112,13 @@ def _resolve_downstream(
             )
         key = found
         # Job definitions are records (tuples): test for a single target first.
-        single = isinstance(targets, (*asset_job_types(), AssetSelection)) or is_job_like(targets)
+        single = isinstance(targets, (str, *asset_job_types(), AssetSelection)) or is_job_like(targets)
         seq: list[DownstreamTarget] = [targets] if single else list(targets)
         for target in seq:
+            if isinstance(target, str):  # a job by name, resolved by Dagster when the run is requested
+                jobs[target] = target
+                attached.setdefault(key, []).append(target)
+                continue
             job_def = (
                 define_asset_job(contract.downstream_job_name(key), selection=target)
                 if isinstance(target, AssetSelection)
@@ -138,7 +143,8 @@ def build_watcher_sensors(
     Args:
         assets: the producer definition.
         downstream: jobs (or asset selections) to launch when a model materializes, keyed by model
-            name or asset key, e.g. ``{"customers": crm_sync_job}``. They start while the dbt build
+            name or asset key, e.g. ``{"customers": crm_sync_job}``. A job may be given by its name
+            (``"crm_sync_job"``) when it is defined elsewhere in the code location. They start while the dbt build
             is still running, the moment the model's materialization is in the event log.
         retry_policy: how failed, skipped and lost nodes are re-materialized; ``None`` disables retries.
         minimum_interval_seconds: sensor tick interval.
@@ -210,20 +216,51 @@ def _build_sensors(
     for key in watched_keys:
         watched = WatchedAsset(key=key, unique_id=unique_id_of[key], downstream_jobs=attached.get(key, []))
         # Every sensor names the retry job too, so it is in the repository without a coordinator.
-        jobs = [retry_job, *(j for j in downstream_jobs if j.name in watched.downstream_jobs)]
-        sensors.append(
-            SensorDefinition(
-                name=contract.sensor_name(key),
-                evaluation_fn=_make_evaluation(
-                    watched, unique_id_of, retry_job.name, retry_policy, shared, coordinator, heartbeat_timeout
-                ),
-                jobs=jobs,
-                minimum_interval_seconds=minimum_interval_seconds,
-                default_status=default_status,
-                description=f"dagster-watcher consumer of {key.to_user_string()} ({watched.unique_id}).",
-            )
+        jobs = [
+            retry_job,
+            *(j for j in downstream_jobs if not isinstance(j, str) and j.name in watched.downstream_jobs),
+        ]
+        by_name = [j for j in downstream_jobs if isinstance(j, str) and j in watched.downstream_jobs]
+        sensor = _ConsumerSensor(
+            job_names=by_name,
+            name=contract.sensor_name(key),
+            evaluation_fn=_make_evaluation(
+                watched, unique_id_of, retry_job.name, retry_policy, shared, coordinator, heartbeat_timeout
+            ),
+            jobs=jobs,
+            minimum_interval_seconds=minimum_interval_seconds,
+            default_status=default_status,
+            description=f"dagster-watcher consumer of {key.to_user_string()} ({watched.unique_id}).",
         )
+        sensors.append(sensor)
     return sensors
+
+
+class _ConsumerSensor(SensorDefinition):
+    """A consumer sensor that may also target jobs known by name only (defined elsewhere in the code
+    location). Dagster copies sensors with ``with_attributes`` (binding resources, adding a component's
+    metadata) and rebuilds the copy from its job definitions, which would drop the name targets: this
+    class re-adds them on every copy."""
+
+    def __init__(self, *, job_names: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._watcher_kwargs = kwargs
+        self._watcher_job_names = tuple(job_names)
+        if self._watcher_job_names and not add_job_name_targets(self, self._watcher_job_names):
+            raise WatcherConfigError(
+                f"build_watcher_sensors: downstream jobs {list(self._watcher_job_names)} of sensor {self.name!r} "
+                "are given by name, which this Dagster release does not support for sensors: pass the job "
+                "definitions, or an asset selection of what they build."
+            )
+
+    def with_attributes(
+        self, *, jobs: Sequence[Any] | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> _ConsumerSensor:
+        kwargs = dict(self._watcher_kwargs)
+        if jobs is not None:
+            kwargs["jobs"] = list(jobs)
+        kwargs["metadata"] = metadata if metadata is not None else self.metadata
+        return _ConsumerSensor(job_names=self._watcher_job_names, **kwargs)
 
 
 def _make_evaluation(

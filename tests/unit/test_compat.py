@@ -65,6 +65,53 @@ def test_is_job_like(private_import: str, monkeypatch: pytest.MonkeyPatch):
     assert not _compat.is_job_like(SimpleNamespace(name="j", resolve=lambda: None))
 
 
+# -- add_job_name_targets -------------------------------------------------------------------------
+
+
+def _sensor_with(job_def: Any) -> Any:
+    from dagster import SensorDefinition
+
+    return SensorDefinition(name="s", evaluation_fn=lambda context: None, jobs=[job_def])
+
+
+def test_add_job_name_targets_makes_a_sensor_target_a_job_by_name():
+    sensor = _sensor_with(_a_job)
+    assert _compat.add_job_name_targets(sensor, ["elsewhere_job", "elsewhere_job"])
+    assert [t.job_name for t in sensor.targets] == ["_a_job", "elsewhere_job"]
+    assert [j.name for j in sensor.jobs] == ["_a_job"]  # a name is no job definition
+
+
+def test_add_job_name_targets_when_dagsters_target_class_moved(monkeypatch: pytest.MonkeyPatch):
+    make_import_fail(monkeypatch, "dagster._core.definitions.target")
+    sensor = _sensor_with(_a_job)
+    assert not _compat.add_job_name_targets(sensor, ["elsewhere_job"])
+    assert [t.job_name for t in sensor.targets] == ["_a_job"]
+
+
+def test_add_job_name_targets_when_the_sensor_keeps_no_target_list():
+    assert not _compat.add_job_name_targets(SimpleNamespace(_targets=("frozen",)), ["elsewhere_job"])
+
+
+# -- dbt_component_scope ----------------------------------------------------------------------------
+
+
+def test_dbt_component_scope_lets_dagster_dbt_render_cli_args():
+    from dagster import build_asset_context
+    from dagster.components.resolved.context import ResolutionContext
+    from dagster_dbt.components.dbt_component_utils import resolve_cli_args
+
+    scope = ResolutionContext.default().with_scope(dbt_target="prod")
+    with _compat.dbt_component_scope(scope):
+        args = resolve_cli_args(["build", "--target", "{{ dbt_target }}"], build_asset_context())
+    assert args == ["build", "--target", "prod"]
+
+
+def test_dbt_component_scope_when_dagster_dbts_helper_moved(monkeypatch: pytest.MonkeyPatch):
+    make_import_fail(monkeypatch, "dagster_dbt.components.dbt_component_utils")
+    with _compat.dbt_component_scope(object()):
+        pass  # nothing set, nothing raised
+
+
 # -- memoize_output_asset_keys ----------------------------------------------------------------------
 
 
@@ -419,5 +466,7 @@ def test_every_compat_function_is_covered_here():
         "dbt_adapter",
         "column_lineage_metadata",
         "dbt_target",
+        "add_job_name_targets",
+        "dbt_component_scope",
     }
     assert all(f"_compat.{name}" in source for name in public)

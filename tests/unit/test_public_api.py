@@ -33,6 +33,7 @@ PUBLIC = [
     "DagsterWatcherError",
     "DbtDidNotComplete",
     "DbtSelectionError",
+    "DbtWatcherProjectComponent",
     "DbtWatcherResource",
     "InvocationMode",
     "ManifestPreparationError",

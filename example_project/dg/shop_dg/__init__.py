@@ -1,0 +1,1 @@
+"""The example shop dbt project as a `dg` project (see ../pyproject.toml)."""

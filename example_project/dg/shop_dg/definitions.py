@@ -1,0 +1,11 @@
+"""The code location of the `dg` example: everything under ``defs/`` (the watcher component's
+``defs.yaml`` and the consumer in ``consumers.py``)."""
+
+from pathlib import Path
+
+import dagster as dg
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
