@@ -110,7 +110,8 @@ class NodeResult:
     skipped_because: tuple[str, ...] = ()
     """unique_ids of the failed upstream nodes that made dbt skip this node."""
     failed_batches: tuple[str, ...] = ()
-    """A microbatch model's batches that failed (their start times), on a partial success."""
+    """A microbatch model's batches that failed or were skipped (their starts, ISO 8601 in UTC), on a partial
+    success."""
 
 
 LOST_MESSAGE = "dbt exited without reporting an outcome for this node (dbt crashed, was stopped, or never started it)."
