@@ -28,6 +28,7 @@ from dagster import (
     AssetRecordsFilter,
     AssetsDefinition,
     AssetSelection,
+    DagsterEventType,
     DagsterRunStatus,
     DefaultSensorStatus,
     PartitionsDefinition,
@@ -284,6 +285,15 @@ def _downstream_requests(
         # A new sensor (or a reset cursor) acts on the newest materialization only, like Dagster's
         # asset sensors: deploying it must not replay the asset's whole history downstream.
         records = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
+        if records and records[0].partition_key is not None:
+            # ... of the newest run: all the partitions it materialized (a backfill's range).
+            records = [
+                r
+                for r in context.instance.get_records_for_run(
+                    records[0].run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=10_000
+                ).records
+                if r.asset_key == watched.key
+            ]
     else:
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(asset_key=watched.key, after_storage_id=cursor.materialization),
