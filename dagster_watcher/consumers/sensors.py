@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import takewhile
 from typing import Any
 
 from dagster import (
@@ -28,7 +29,6 @@ from dagster import (
     AssetRecordsFilter,
     AssetsDefinition,
     AssetSelection,
-    DagsterEventType,
     DagsterRunStatus,
     DefaultSensorStatus,
     PartitionsDefinition,
@@ -59,6 +59,8 @@ IN_PROGRESS = frozenset(
     }
 )
 _WATCHED_TYPES = ("model", "seed", "snapshot")
+#: How many of the newest materializations a new sensor reads to find all of the newest run's partitions.
+_NEWEST_RUN_PAGE = 1_000
 
 DownstreamTarget = Any
 """A job definition (``define_asset_job`` or ``@job``) or an ``AssetSelection``."""
@@ -284,16 +286,14 @@ def _downstream_requests(
     if cursor.materialization == 0:
         # A new sensor (or a reset cursor) acts on the newest materialization only, like Dagster's
         # asset sensors: deploying it must not replay the asset's whole history downstream.
-        records = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
-        if records and records[0].partition_key is not None:
-            # ... of the newest run: all the partitions it materialized (a backfill's range).
-            records = [
-                r
-                for r in context.instance.get_records_for_run(
-                    records[0].run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=10_000
-                ).records
-                if r.asset_key == watched.key
-            ]
+        newest = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
+        records = newest
+        if newest and newest[0].partition_key is not None:
+            # ... of the newest run: all the partitions it materialized (a backfill's range). Read
+            # from the asset's own rows: their storage ids are the ones the cursor compares (a run's
+            # records may be numbered per run, e.g. SQLite's run shards).
+            recent = context.instance.fetch_materializations(watched.key, limit=_NEWEST_RUN_PAGE, ascending=False)
+            records = list(takewhile(lambda r: r.run_id == newest[0].run_id, recent.records))[::-1]
     else:
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(asset_key=watched.key, after_storage_id=cursor.materialization),
