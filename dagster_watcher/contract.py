@@ -145,13 +145,18 @@ def downstream_job_name(key: AssetKey) -> str:
     return f"{key_slug(key)}__downstream"
 
 
-def retry_run_key(run_id: str) -> str:
-    """One retry per failed run: a sensor tick evaluated twice launches nothing twice."""
-    return f"dagster_watcher_retry:{run_id}"
+def retry_run_key(run_id: str, partitions: tuple[str, str] | None = None) -> str:
+    """One retry per failed run (per range of its failed partitions, for a partitioned run): a sensor
+    tick evaluated twice launches nothing twice."""
+    if partitions is None:
+        return f"dagster_watcher_retry:{run_id}"
+    first, last = partitions
+    return f"dagster_watcher_retry:{run_id}:{first if first == last else f'{first}...{last}'}"
 
 
 def downstream_run_key(key: AssetKey, materialization_storage_id: int, job_name: str) -> str:
-    """One downstream run per job per materialization."""
+    """One downstream run per job per materialization (per upstream run's newest materialization, for
+    the materializations of a partitioned run)."""
     return f"{sensor_name(key)}:{materialization_storage_id}:{job_name}"
 
 
@@ -330,3 +335,33 @@ def carried_run_tags(tags: Mapping[str, str]) -> dict[str, str]:
                 continue
         out[key] = value
     return out
+
+
+# -- partitions of runs ---------------------------------------------------------------------------
+
+#: Dagster's run tags for a run's partition, or its range of partitions (a single-run backfill).
+PARTITION_TAG = "dagster/partition"
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+_PARTITION_TAGS = frozenset({PARTITION_TAG, PARTITION_RANGE_START_TAG, PARTITION_RANGE_END_TAG})
+
+
+def partition_span(tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """(first, last) partition key of a run (the same key twice for one partition), None when it
+    is not partitioned."""
+    start, end = tags.get(PARTITION_RANGE_START_TAG), tags.get(PARTITION_RANGE_END_TAG)
+    if start and end:
+        return start, end
+    key = tags.get(PARTITION_TAG)
+    return (key, key) if key else None
+
+
+def without_partition_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """``tags`` for a run that gets its own partition (a retry of some partitions, a downstream run)."""
+    return {k: v for k, v in tags.items() if k not in _PARTITION_TAGS and not k.startswith(f"{PARTITION_TAG}/")}
+
+
+def partition_range_tags(first: str, last: str) -> dict[str, str]:
+    """The tags of a run over the partitions ``first``...``last`` (a single partition is a RunRequest's
+    ``partition_key`` instead)."""
+    return {PARTITION_RANGE_START_TAG: first, PARTITION_RANGE_END_TAG: last}

@@ -7,10 +7,16 @@ durable Dagster event. This module knows Dagster, not dbt's event format.
   carrying dbt's error text (or the failed upstream), so the outcome of *that* asset is in the event
   log where the UI and the consumer sensors look for it (OSS storage drops
   ``ASSET_FAILED_TO_MATERIALIZE`` events, so an observation is the durable record).
+
+In a partitioned step every asset outcome is per partition: an ``Output`` materializes each partition
+of the step (Dagster writes one materialization per key), a failure is one observation per key, and a
+microbatch model whose batches failed in some partitions only is a materialization of each partition
+that was built and an observation of each that was not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +25,17 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetKey,
+    AssetMaterialization,
     AssetObservation,
     MetadataValue,
     Output,
 )
 
 from . import contract as c
+from .partitions import StepPartitions, partitions_of_batches
 from .status import NodeResult, NodeStatus, node_name
 
-DagsterNodeEvent = Output[None] | AssetCheckResult | AssetObservation
+DagsterNodeEvent = Output[None] | AssetCheckResult | AssetObservation | AssetMaterialization
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,12 @@ def _test_verdict_metadata(result: NodeResult, test_name: str) -> dict[str, Any]
     return metadata
 
 
-def to_dagster_events(result: NodeResult, target: NodeTarget) -> list[DagsterNodeEvent]:
+def to_dagster_events(
+    result: NodeResult,
+    target: NodeTarget,
+    partitions: StepPartitions | None = None,
+    batch_size: str | None = None,
+) -> list[DagsterNodeEvent]:
     """The durable Dagster events for a node outcome (usually exactly one):
 
     - an asset check result for a test with a check (none for a skipped or lost test: an unexecuted
@@ -163,6 +176,9 @@ def to_dagster_events(result: NodeResult, target: NodeTarget) -> list[DagsterNod
     - one observation per parent asset for a test that is not an asset check, and on its model for a
       unit test (its verdict, marked with the test's name);
     - one observation on the check's asset for a check dbt's selection left out.
+
+    ``partitions`` are the step's (None: unpartitioned); ``batch_size`` is a microbatch model's, to place
+    its failed batches in the partitions.
     """
     if target.check_key is not None:
         return [e for e in [_check_event(result, target)] if e is not None]
@@ -180,7 +196,15 @@ def to_dagster_events(result: NodeResult, target: NodeTarget) -> list[DagsterNod
         ]
     if target.asset_key is None or target.output_name is None:
         return []
+    keys: tuple[str | None, ...] = partitions.keys if partitions is not None else (None,)
     if result.status.materializes:
+        failed = (
+            partitions_of_batches(partitions, result.failed_batches, batch_size)
+            if partitions is not None and result.failed_batches
+            else None
+        )
+        if failed:
+            return _per_partition_outcome(result, target, keys, failed)
         metadata = _success_metadata(result, target)
         if result.failed_batches:
             metadata[c.FAILED_BATCHES_KEY] = MetadataValue.json(list(result.failed_batches))
@@ -189,15 +213,50 @@ def to_dagster_events(result: NodeResult, target: NodeTarget) -> list[DagsterNod
     if result.status is NodeStatus.NOT_SELECTED:
         return [
             AssetObservation(
-                asset_key=target.asset_key, description=description, metadata=_not_selected_metadata(result)
+                asset_key=target.asset_key,
+                description=description,
+                metadata=_not_selected_metadata(result),
+                partition=key,
             )
+            for key in keys
         ]
+    metadata = _failure_metadata(result, description)
+    return [
+        AssetObservation(asset_key=target.asset_key, description=description, metadata=metadata, partition=key)
+        for key in keys
+    ]
+
+
+def _failure_metadata(result: NodeResult, description: str) -> dict[str, Any]:
     metadata = _common_metadata(result)
     metadata[c.ERROR_KEY] = MetadataValue.text(description)
     metadata.update(_response_metadata(dict(result.adapter_response)))  # the failed job, if any
     if result.skipped_because:
         metadata[c.SKIPPED_BECAUSE_KEY] = MetadataValue.json(list(result.skipped_because))
-    return [AssetObservation(asset_key=target.asset_key, description=description, metadata=metadata)]
+    return metadata
+
+
+def _per_partition_outcome(
+    result: NodeResult, target: NodeTarget, keys: tuple[str | None, ...], failed: frozenset[str]
+) -> list[DagsterNodeEvent]:
+    """A microbatch model of a partitioned step whose failed batches lie in ``failed``: each other
+    partition is materialized (it was built), each failed one gets the error observation."""
+    description = describe_failure(result)
+    built = dataclasses.replace(result, status=NodeStatus.SUCCESS)
+    success = _success_metadata(built, target)
+    asset_key = target.asset_key
+    assert asset_key is not None
+    failure = _failure_metadata(dataclasses.replace(result, status=NodeStatus.ERROR), description)
+    failure[c.FAILED_BATCHES_KEY] = MetadataValue.json(list(result.failed_batches))
+    events: list[DagsterNodeEvent] = []
+    for key in keys:
+        if key in failed:
+            events.append(
+                AssetObservation(asset_key=asset_key, description=description, metadata=failure, partition=key)
+            )
+        else:
+            events.append(AssetMaterialization(asset_key=asset_key, metadata=success, partition=key))
+    return events
 
 
 def _check_event(result: NodeResult, target: NodeTarget) -> DagsterNodeEvent | None:

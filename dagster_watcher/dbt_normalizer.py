@@ -8,8 +8,9 @@ This module knows dbt's event format, not Dagster. Results become Dagster events
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,13 @@ class RawDbtEvent:
 #: The only dbt event names the normaliser consumes. Invocation modes filter on this set as early as
 #: possible (in dbt's thread for the runner, by substring for the JSON log) so the ordered writer
 #: never sees the dozens of debug events dbt fires per node.
-WANTED_EVENTS = frozenset({"NodeFinished", "RunResultError", "MainReportVersion"})
+WANTED_EVENTS = frozenset(
+    {"NodeFinished", "RunResultError", "MainReportVersion", "LogBatchResult", "GenericExceptionOnRun"}
+)
+#: Of those, the ones only a microbatch model's build fires: one ``LogBatchResult`` per batch (each
+#: batch is also followed by a ``NodeFinished`` of the model, which is not the model's outcome), and
+#: ``GenericExceptionOnRun`` with a failed batch's error text (its ``NodeFinished`` says only "ERROR").
+MICROBATCH_EVENTS = frozenset({"LogBatchResult", "GenericExceptionOnRun"})
 
 
 def _parse_ts(value: Any) -> datetime | None:
@@ -100,6 +107,12 @@ class DbtEventNormalizer:
         self.fail_fast_after: str | None = None
         """With ``--fail-fast``: the first failed node, once dbt said it stops the build."""
         self.dbt_version: str | None = None
+        self._batches: dict[str, list[tuple[str, str]]] = {}
+        """microbatch model -> (batch start as dbt prints it, status) of each batch reported so far."""
+        self._batch_finishes: dict[str, int] = {}
+        """microbatch model -> how many of its batches' own NodeFinished events were consumed."""
+        self._exceptions: dict[str, list[str]] = {}
+        """node -> the error texts of exceptions dbt reported on its worker thread (failed batches)."""
 
     @property
     def results(self) -> Mapping[str, NodeResult]:
@@ -114,6 +127,14 @@ class DbtEventNormalizer:
             return self._on_node_finished(data)
         if name == "RunResultError":
             return self._on_run_result_error(data)
+        if name == "LogBatchResult":
+            self._on_batch_result(data)
+            return []
+        if name == "GenericExceptionOnRun":
+            unique_id = data.get("unique_id") or (data.get("node_info") or {}).get("unique_id")
+            if unique_id and data.get("exc"):
+                self._exceptions.setdefault(str(unique_id), []).append(str(data["exc"]))
+            return []
         if name == "MainReportVersion":
             self.dbt_version = str(data.get("version", "")).lstrip("=") or None
         return []
@@ -167,6 +188,11 @@ class DbtEventNormalizer:
         if not unique_id or unique_id in self._done or unique_id in self._held:
             # dbt fires NodeFinished once per node; a repeat would be a dbt bug. Never emit twice.
             return []
+        if len(self._batches.get(unique_id, ())) > self._batch_finishes.get(unique_id, 0):
+            # A microbatch model's batch (its LogBatchResult came first, on the same thread): the
+            # model's own outcome is the NodeFinished after its last batch.
+            self._batch_finishes[unique_id] = self._batch_finishes.get(unique_id, 0) + 1
+            return []
         resource_type = node_info.get("resource_type") or resource_type_of(unique_id)
         dbt_status = str(run_result.get("status") or node_info.get("node_status") or "")
         status = status_of(dbt_status)
@@ -194,8 +220,10 @@ class DbtEventNormalizer:
             thread=run_result.get("thread"),
             invocation_id=self.invocation_id,
             skipped_because=self._failed_ancestors(unique_id) if status is NodeStatus.SKIPPED else (),
-            failed_batches=_failed_batches(run_result) if status is NodeStatus.PARTIAL_SUCCESS else (),
+            failed_batches=self._failed_batches(unique_id, run_result) if status is NodeStatus.PARTIAL_SUCCESS else (),
         )
+        if unique_id in self._batches:
+            result = dataclasses.replace(result, message=self._batch_message(unique_id, message))
         if status is NodeStatus.ERROR and not message:
             # The text may still come in RunResultError at the end of the run: hold, don't lose it.
             self._held[unique_id] = result
@@ -216,6 +244,33 @@ class DbtEventNormalizer:
         if held is not None:
             return [self._release(dataclasses.replace(held, message=msg))]
         return []
+
+    def _on_batch_result(self, data: Mapping[str, Any]) -> None:
+        unique_id = (data.get("node_info") or {}).get("unique_id")
+        found = _BATCH_DESCRIPTION.match(str(data.get("description") or ""))
+        if unique_id and found:
+            self._batches.setdefault(unique_id, []).append((found.group(1), str(data.get("status") or "").lower()))
+
+    def _failed_batches(self, unique_id: str, run_result: Mapping[str, Any]) -> tuple[str, ...]:
+        """The start (ISO 8601, UTC) of each failed or skipped batch of a microbatch model, from its
+        batches' results (dbt's ``NodeFinished`` has no ``batch_results``; run_results.json has)."""
+        printed = [start for start, status in self._batches.get(unique_id, ()) if status in _FAILED_BATCH_STATUSES]
+        if not printed:
+            # A recorded or future event that carries dbt's [start, end] pairs itself.
+            failed = (run_result.get("batch_results") or {}).get("failed") or []
+            printed = [str(b[0] if isinstance(b, list | tuple) and b else b) for b in failed]
+        starts = [batch_start(p) for p in printed]
+        return tuple(sorted(s.isoformat() if s is not None else p for s, p in zip(starts, printed, strict=True)))
+
+    def _batch_message(self, unique_id: str, message: str | None) -> str | None:
+        """dbt's summary of a microbatch model ("PARTIAL SUCCESS (2/3)") with the batches that failed
+        and their error texts, which dbt reports only on the batches' own events."""
+        failed = [start for start, status in self._batches.get(unique_id, ()) if status in _FAILED_BATCH_STATUSES]
+        if not failed:
+            return message
+        errors = "; ".join(dict.fromkeys(e.strip() for e in self._exceptions.get(unique_id, ()) if e.strip()))
+        text = f"{message or 'microbatch model'}: failed batches {', '.join(failed)}"
+        return f"{text}: {errors}" if errors else text
 
     def _compiled_code(self, unique_id: str) -> str | None:
         """Compiled SQL as dbt wrote it to target/compiled during this invocation."""
@@ -253,7 +308,20 @@ class DbtEventNormalizer:
         return tuple(sorted(set(found)))
 
 
-def _failed_batches(run_result: Mapping[str, Any]) -> tuple[str, ...]:
-    """The start of each failed batch of a microbatch model (dbt reports ``[start, end]`` pairs)."""
-    failed = (run_result.get("batch_results") or {}).get("failed") or []
-    return tuple(str(batch[0] if isinstance(batch, list | tuple) and batch else batch) for batch in failed)
+def batch_start(printed: str) -> datetime | None:
+    """A batch's start from the way dbt prints it (``MicrobatchBuilder.format_batch_start``: ``2024``,
+    ``2024-09``, ``2024-09-17``, ``2024-09-17T16`` by batch size; dbt's batches are in UTC), or None."""
+    text = printed.strip()
+    for fmt in ("%Y-%m-%dT%H", "%Y-%m-%d", "%Y-%m", "%Y"):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    parsed = _parse_ts(text)
+    if parsed is not None and parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+_BATCH_DESCRIPTION = re.compile(r"^batch (\S+) of ")
+_FAILED_BATCH_STATUSES = frozenset({"error", "skipped", "fail"})

@@ -21,6 +21,7 @@ from dagster_dbt.dagster_dbt_translator import DagsterDbtTranslator
 
 from . import contract
 from .dagster_mapping import NodeTarget
+from .partitions import StepPartitions, step_partitions
 from .retry import WatcherRetryPolicy, policy_from_tags, read_run_outcomes
 from .selection import DbtSelectionFlags, SelectionQuery, SelectionResolver
 from .status import is_test, node_name
@@ -56,6 +57,9 @@ class BuildPlan:
     test_targets: dict[str, NodeTarget] = field(default_factory=dict)
     """Tests dbt will run that are no asset check (and unit tests): their verdict is observed on
     their parent assets."""
+    partitions: StepPartitions | None = None
+    """The partitions this step builds (None: unpartitioned); each node's outcome is recorded per
+    partition."""
 
     @property
     def expected(self) -> frozenset[str]:
@@ -78,6 +82,11 @@ class BuildPlan:
 
     def name_of(self, unique_id: str) -> str:
         return str(_node(self.manifest, unique_id).get("name") or unique_id)
+
+    def batch_size_of(self, unique_id: str) -> str | None:
+        """A microbatch model's ``batch_size`` (hour, day, month, year), None for any other node."""
+        size = (_node(self.manifest, unique_id).get("config") or {}).get("batch_size")
+        return str(size) if size else None
 
 
 def _table_name(spec_metadata: Mapping[str, Any]) -> str | None:
@@ -119,6 +128,7 @@ def plan_for_context(context: AssetExecutionContext, already_done: frozenset[str
         manifest=manifest,
         translator=translator,
         targets=targets,
+        partitions=step_partitions(context),
         already_done=already_done,
         retry_policy=policy_from_tags(tags),
         project=project,

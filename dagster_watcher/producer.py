@@ -260,7 +260,7 @@ def _write_build(
             return
         if result.status.is_failure:
             log.error(f"{plan.name_of(result.unique_id)} ({result.unique_id}): {describe_failure(result)}")
-        yield from to_dagster_events(result, target)
+        yield from to_dagster_events(result, target, plan.partitions, plan.batch_size_of(result.unique_id))
 
     def unreported(message: str) -> Iterator[DagsterNodeEvent]:
         reported = {r.unique_id for r in results}

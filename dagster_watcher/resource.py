@@ -21,6 +21,13 @@ from .errors import DbtSelectionError, WatcherConfigError
 from .freshness import SourceFreshness
 from .invocation import DbtInvocation, RunnerInvocation, SubprocessInvocation
 from .invocation._fetch import FetchPlan
+from .partitions import (
+    DEFAULT_PARTITION_VARS,
+    checked_partition_vars,
+    event_time_args,
+    is_microbatch,
+    render_partition_vars,
+)
 from .planning import BuildPlan, resolve_plan
 from .producer import DbtResultSource, NoWork, record_abandoned_writers, start_step, stream_build
 from .project import (
@@ -134,6 +141,23 @@ class DbtWatcherResource(ConfigurableResource):
         ),
     )
 
+    partition_vars: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_PARTITION_VARS),
+        description=(
+            "dbt vars a partitioned step's build gets, as {role: var name}: 'start' and 'end' of its time "
+            "window (ISO 8601, end exclusive; for other partitions the first and last key of its range), "
+            "'key' of a single partition. An empty name leaves that var out. Default: "
+            "{'start': 'min_date', 'end': 'max_date', 'key': 'partition_key'}."
+        ),
+    )
+    partition_time_format: str | None = Field(
+        default=None,
+        description=(
+            "strftime format of a time window's start and end in partition_vars, e.g. '%Y-%m-%d'. "
+            "Default: ISO 8601 with the offset (2024-02-01T00:00:00+00:00)."
+        ),
+    )
+
     heartbeat_interval: float = Field(
         default=15.0,
         ge=0,
@@ -152,6 +176,12 @@ class DbtWatcherResource(ConfigurableResource):
     @classmethod
     def _check_project_dir(cls, value: str) -> str:
         return checked_project_dir(value, "DbtWatcherResource")
+
+    @field_validator("partition_vars")
+    @classmethod
+    def _check_partition_vars(cls, value: dict[str, str]) -> dict[str, str]:
+        checked_partition_vars(value, "DbtWatcherResource")
+        return value
 
     @field_validator("profiles_dir")
     @classmethod
@@ -312,6 +342,7 @@ class DbtWatcherResource(ConfigurableResource):
         skip_stale_sources: bool | None = None,
         fetch_row_counts: bool | None = None,
         fetch_column_metadata: bool | None = None,
+        partition_vars: Mapping[str, str | None] | None = None,
     ) -> Iterator[DagsterNodeEvent | AssetObservation]:
         """Run ``dbt build`` for the step's selection and yield each node's Dagster event as it finishes.
 
@@ -322,12 +353,20 @@ class DbtWatcherResource(ConfigurableResource):
         Args:
             context: the asset step's context.
             extra_args: more `dbt build` flags for this call (e.g. ``["--select", "state:modified+"]``).
-            dbt_vars: more ``--vars`` for this call.
+            dbt_vars: more ``--vars`` for this call (they win over the partition vars, which win over
+                the resource's ``dbt_vars``).
             skip_stale_sources: overrides the resource's ``skip_stale_sources`` for this call.
             fetch_row_counts: overrides the resource's ``fetch_row_counts`` for this call
                 (dagster-dbt's ``.fetch_row_counts()``).
             fetch_column_metadata: overrides the resource's ``fetch_column_metadata`` for this call
                 (dagster-dbt's ``.fetch_column_metadata()``).
+            partition_vars: overrides the resource's ``partition_vars`` names for this call.
+
+        A partitioned step (one partition, or a range in a single-run backfill) is ONE build whose
+        vars hold its partitions (``partition_vars``); a time window also becomes dbt's
+        ``--event-time-start``/``--event-time-end`` when a microbatch model is built, so dbt builds
+        the window's batches, each on its own: a batch that fails leaves only its partitions
+        unmaterialized.
 
         Raises:
             NodesDidNotSucceed: once every outcome is recorded, when a node did not succeed.
@@ -343,10 +382,20 @@ class DbtWatcherResource(ConfigurableResource):
         plan = start_step(context)
         if plan is None:
             return
-        merged_vars = self.merged_vars(dbt_vars)
+        rendered: dict[str, str] = {}
+        if plan.partitions is not None:
+            names = checked_partition_vars(
+                self.partition_vars if partition_vars is None else partition_vars, "DbtWatcherResource.build"
+            )
+            rendered = render_partition_vars(plan.partitions, names, self.partition_time_format)
+            context.log.info(
+                f"dagster-watcher: partition(s) {plan.partitions.describe()}: dbt vars {json.dumps(rendered)}"
+            )
+        call_vars = {**rendered, **(dbt_vars or {})}
+        merged_vars = self.merged_vars(call_vars)
         check_parse_time_vars(plan.project, self.project_dir, merged_vars)
         user, rest = self.user_flags(extra_args)
-        common = self.common_args(dbt_vars)
+        common = self.common_args(call_vars)
         build = self.prepare_build_dir(context)
         resolver = self.selection_resolver(plan.manifest, build)
         stale: dict[str, str] = {}
@@ -369,6 +418,8 @@ class DbtWatcherResource(ConfigurableResource):
         if self.threads:
             args += ["--threads", str(self.threads)]
         args += [*rest, *user.state_args, *plan.selection_args]
+        if plan.partitions is not None and "--event-time-start" not in rest and self._builds_microbatch(plan):
+            args += event_time_args(plan.partitions)
         manifest: Mapping[str, Any] | None = plan.manifest
         if self.resolved_mode() == "runner":
             stale_reason = self._runner_manifest_problem(plan)
@@ -419,6 +470,11 @@ class DbtWatcherResource(ConfigurableResource):
             project=plan.project,
             target_path=build,
         )
+
+    @staticmethod
+    def _builds_microbatch(plan: BuildPlan) -> bool:
+        nodes = plan.manifest.get("nodes") or {}
+        return any(is_microbatch(nodes.get(u) or {}) for u in plan.expected)
 
     def _runner_manifest_problem(self, plan: BuildPlan) -> str | None:
         """Why runner mode must not execute the definition's manifest as it is, or None: it was parsed

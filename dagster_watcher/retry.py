@@ -91,22 +91,33 @@ def policy_from_tags(tags: Mapping[str, object]) -> WatcherRetryPolicy:
 
 @dataclass
 class RunOutcomes:
-    """Per-asset and per-check evidence that one run wrote to the event log."""
+    """Per-asset and per-check evidence that one run wrote to the event log.
+
+    For a partitioned run an asset counts as materialized only when every partition the run planned
+    for it was materialized; the partitions are in ``planned_partitions``/``materialized_partitions``."""
 
     planned: set[AssetKey] = field(default_factory=set)
     materialized: set[AssetKey] = field(default_factory=set)
     failures: dict[AssetKey, RecordedOutcome] = field(default_factory=dict)
-    """The watcher's record of each asset that did not materialize (error, skipped, lost)."""
+    """The watcher's record of each asset that did not materialize (error, skipped, lost); for a
+    partitioned run, the record of one of its partitions that did not."""
     checks_done: set[AssetCheckKey] = field(default_factory=set)
     """Checks whose test ran to a verdict (passed, warned or failed); a test that errored is not done."""
+    planned_partitions: dict[AssetKey, set[str]] = field(default_factory=dict)
+    """The partitions the run planned, per asset (none for an unpartitioned run)."""
+    materialized_partitions: dict[AssetKey, set[str]] = field(default_factory=dict)
 
     def not_succeeded(self) -> set[AssetKey]:
         return self.planned - self.materialized
 
+    def not_succeeded_partitions(self, key: AssetKey) -> frozenset[str]:
+        """The partitions of ``key`` the run planned and did not materialize (none when unpartitioned)."""
+        return frozenset(self.planned_partitions.get(key, set()) - self.materialized_partitions.get(key, set()))
+
 
 def read_run_outcomes(instance: DagsterInstance, run_id: str) -> RunOutcomes:
-    """Read what a run recorded per asset and check. Cost grows with that run's size only; it is read
-    once per retry decision, never per sensor tick."""
+    """Read what a run recorded per asset (and partition) and check. Cost grows with that run's size
+    only; it is read once per retry decision, never per sensor tick."""
     out = RunOutcomes()
     records = instance.get_records_for_run(
         run_id,
@@ -118,6 +129,7 @@ def read_run_outcomes(instance: DagsterInstance, run_id: str) -> RunOutcomes:
         },
         limit=1_000_000,
     ).records
+    partition_failures: dict[AssetKey, dict[str, RecordedOutcome]] = {}
     for record in records:
         event = record.event_log_entry.dagster_event
         if event is None:
@@ -133,19 +145,51 @@ def read_run_outcomes(instance: DagsterInstance, run_id: str) -> RunOutcomes:
             continue
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED:
             out.planned.add(key)
+            planned = event.event_specific_data
+            subset = getattr(planned, "partitions_subset", None)
+            partition = getattr(planned, "partition", None)
+            if subset is not None:
+                out.planned_partitions.setdefault(key, set()).update(subset.get_partition_keys())
+            elif partition is not None:
+                out.planned_partitions.setdefault(key, set()).add(str(partition))
         elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
             recorded = contract.recorded_outcome(materialization.metadata)
-            if recorded is not None and recorded.status is NodeStatus.PARTIAL_SUCCESS:
+            partial = recorded is not None and recorded.status is NodeStatus.PARTIAL_SUCCESS
+            if materialization.partition is not None:
+                if partial:
+                    partition_failures.setdefault(key, {})[materialization.partition] = recorded  # type: ignore[assignment]
+                else:
+                    out.materialized_partitions.setdefault(key, set()).add(materialization.partition)
+                    partition_failures.get(key, {}).pop(materialization.partition, None)
+                continue
+            if partial:
                 # Written, but with failed batches: still to be re-run.
-                out.failures[key] = recorded
+                out.failures[key] = recorded  # type: ignore[assignment]
                 continue
             out.materialized.add(key)
             out.failures.pop(key, None)
         else:
-            recorded = contract.recorded_outcome(event.event_specific_data.asset_observation.metadata)  # type: ignore[union-attr]
-            if recorded is not None and key not in out.materialized:
+            observation = event.event_specific_data.asset_observation  # type: ignore[union-attr]
+            recorded = contract.recorded_outcome(observation.metadata)
+            if recorded is None:
+                continue
+            if observation.partition is not None:
+                if observation.partition not in out.materialized_partitions.get(key, set()):
+                    partition_failures.setdefault(key, {})[observation.partition] = recorded
+            elif key not in out.materialized:
                 out.failures[key] = recorded
+    for key, partitions in out.planned_partitions.items():
+        # A partitioned asset is materialized when each partition the run planned is.
+        if partitions <= out.materialized_partitions.get(key, set()):
+            out.materialized.add(key)
+            out.failures.pop(key, None)
+            continue
+        failed = partition_failures.get(key, {})
+        for partition in sorted(partitions - out.materialized_partitions.get(key, set())):
+            if partition in failed:
+                out.failures.setdefault(key, failed[partition])
+                break
     return out
 
 

@@ -110,7 +110,8 @@ class NodeResult:
     skipped_because: tuple[str, ...] = ()
     """unique_ids of the failed upstream nodes that made dbt skip this node."""
     failed_batches: tuple[str, ...] = ()
-    """A microbatch model's batches that failed (their start times), on a partial success."""
+    """A microbatch model's batches that failed or were skipped (their starts, ISO 8601 in UTC), on a partial
+    success."""
     runtime_metadata: Mapping[str, Any] = field(default_factory=dict)
     """Metadata read from the warehouse after the node was built, when the build asked for it
     (dagster-dbt's ``dagster/row_count``, ``dagster/column_schema``, ``dagster/column_lineage``)."""

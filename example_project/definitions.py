@@ -1,5 +1,7 @@
 """Dagster definitions for the example shop project: the watcher assets (one per dbt model, seed and
-snapshot, one check per dbt test), a job that builds them all in ONE `dbt build`, and a daily schedule.
+snapshot, one check per dbt test), a job that builds them all in ONE `dbt build`, and a daily schedule;
+and a second, daily-partitioned producer of the microbatch model `orders_daily`, whose backfills are one
+`dbt build` per backfill, retried per failed partition.
 
 Load it with `dagster dev -w workspace.yaml` (repo root) or run `./dev demo`.
 """
@@ -14,6 +16,8 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSelection,
+    BackfillPolicy,
+    DailyPartitionsDefinition,
     Definitions,
     MaterializeResult,
     MetadataValue,
@@ -104,6 +108,41 @@ def customer_report(context: AssetExecutionContext) -> MaterializeResult:
 
 customer_report_job = define_asset_job("customer_report_job", selection=[customer_report])
 
+# -- the daily-partitioned part ------------------------------------------------------------------
+# orders_daily is enabled by the parse-time var partitioned_models (see the model), so it has its own
+# parse of the same project; the shop's producer above keeps the project without it.
+DAILY_VARS = {"partitioned_models": True}
+daily_project = DbtProject(
+    project_dir=PROJECT_DIR,
+    profiles_dir=PROJECT_DIR,
+    target=TARGET,
+    target_path=(Path("target") / TARGET if TARGET else Path("target")) / "partitioned",
+)
+prepare_manifest(daily_project, dbt_vars=DAILY_VARS)
+daily_partitions = DailyPartitionsDefinition(start_date="2024-02-01", end_date="2024-03-01")
+
+
+@dbt_watcher_assets(
+    manifest=daily_project.manifest_path,
+    project=daily_project,
+    select="orders_daily",
+    partitions_def=daily_partitions,
+    # A backfill of N days is one run, one `dbt build` over the N days' window.
+    backfill_policy=BackfillPolicy.single_run(),
+)
+def shop_orders_daily(context: AssetExecutionContext, dbt_watcher_daily: DbtWatcherResource):
+    """orders_daily, one partition per day. The build gets the partition window as the dbt vars
+    min_date/max_date and as dbt's --event-time-start/--event-time-end (no code here)."""
+    yield from dbt_watcher_daily.build(context)
+
+
+orders_daily_job = define_asset_job("orders_daily_job", selection=[shop_orders_daily])
+daily_sensors = build_watcher_sensors(
+    shop_orders_daily,
+    retry_policy=WatcherRetryPolicy(max_retries=2),
+    minimum_interval_seconds=int(os.environ.get("DAGSTER_WATCHER_SENSOR_INTERVAL", "15")),
+)
+
 consumer_sensors = build_watcher_sensors(
     shop_dbt_assets,
     downstream={"customers": customer_report_job},
@@ -112,12 +151,22 @@ consumer_sensors = build_watcher_sensors(
 )
 
 defs = Definitions(
-    assets=[shop_dbt_assets, customer_report],
-    jobs=[shop_watcher_job, customer_report_job],
-    sensors=consumer_sensors,
+    assets=[shop_dbt_assets, customer_report, shop_orders_daily],
+    jobs=[shop_watcher_job, customer_report_job, orders_daily_job],
+    sensors=[*consumer_sensors, *daily_sensors],
     # Skips a tick while an earlier build or a consumer's retry of these models is still running.
     schedules=[build_watcher_schedule(shop_dbt_assets, shop_watcher_job, "0 6 * * *", name="shop_daily")],
     resources={
+        "dbt_watcher_daily": DbtWatcherResource(
+            project_dir=daily_project,
+            target=TARGET,
+            invocation_mode=os.environ.get("DAGSTER_WATCHER_INVOCATION_MODE", "auto"),  # type: ignore[arg-type]
+            # e.g. DAGSTER_WATCHER_DAILY_VARS='{"fail_partition": "2024-02-02"}' to see one day fail.
+            dbt_vars={**DAILY_VARS, **json.loads(os.environ.get("DAGSTER_WATCHER_DAILY_VARS") or "{}")},
+            # Its own compiled SQL and run_results.json, beside the shop job's.
+            target_path=os.environ.get("DAGSTER_WATCHER_DAILY_TARGET_PATH")
+            or str(PROJECT_DIR / "target" / "dagster_watcher_daily"),
+        ),
         "dbt_watcher": DbtWatcherResource(
             project_dir=shop_project,
             target=TARGET,
@@ -126,6 +175,6 @@ defs = Definitions(
             dbt_vars=json.loads(os.environ.get("DAGSTER_WATCHER_DBT_VARS") or "{}"),
             target_path=os.environ.get("DAGSTER_WATCHER_TARGET_PATH"),
             threads=int(os.environ["DAGSTER_WATCHER_THREADS"]) if os.environ.get("DAGSTER_WATCHER_THREADS") else None,
-        )
+        ),
     },
 )

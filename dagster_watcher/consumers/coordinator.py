@@ -22,6 +22,7 @@ from dagster import (
     DagsterEventType,
     DagsterRunStatus,
     DefaultSensorStatus,
+    PartitionsDefinition,
     RunRequest,
     RunsFilter,
     SensorDefinition,
@@ -30,7 +31,8 @@ from dagster import (
 )
 
 from .. import contract
-from ..retry import RetryAction, RunRetryFacts, WatcherRetryPolicy, decide_run_retry, retry_batch
+from ..partitions import contiguous_ranges, keys_in_range
+from ..retry import RetryAction, RunOutcomes, RunRetryFacts, WatcherRetryPolicy, decide_run_retry, retry_batch
 from ._liveness import end_if_dead
 from ._reads import SharedReads
 
@@ -111,6 +113,7 @@ def build_coordinator(
     heartbeat_timeout: float,
     minimum_interval_seconds: int,
     default_status: DefaultSensorStatus,
+    partitions_def: PartitionsDefinition | None = None,
 ) -> SensorDefinition:
     planned = _Planned(keys)
     retry_job = retry_job_def.name
@@ -120,14 +123,15 @@ def build_coordinator(
         cursor = _CoordinatorCursor.load(context.cursor)
         first = cursor is None
         cursor = cursor or _CoordinatorCursor()
-        in_progress = []
+        in_progress: dict[str, Mapping[str, str]] = {}
+        """Runs in progress that planned an asset of this producer, with their tags."""
         for record in instance.get_run_records(filters=RunsFilter(statuses=_IN_PROGRESS)):
             run = record.dagster_run
             if not planned.of(instance, run.run_id):
                 continue
             if end_if_dead(instance, run, heartbeat_timeout):
                 continue  # failed now: picked up below as a finished run
-            in_progress.append(run.run_id)
+            in_progress[run.run_id] = run.tags
 
         if first:
             found = instance.get_run_records(
@@ -163,12 +167,25 @@ def build_coordinator(
             if not outcomes.planned & keys:
                 continue  # not a run of this producer
             batch = retry_batch(outcomes, policy or WatcherRetryPolicy(), unique_id_of)
-            batch = _not_taken_over(instance, shared, run_id, run.tags, batch)
+            failed_partitions: dict[AssetKey, frozenset[str]] | None = None
+            if any(outcomes.planned_partitions.get(k) for k in batch):
+                # Per partition: a partition that materialized is not retried, nor one a later run planned.
+                failed_partitions = _failed_partitions(instance, run_id, outcomes, batch)
+                batch = set(failed_partitions)
+            else:
+                batch = _not_taken_over(instance, shared, run_id, batch)
             busy: dict[AssetKey, str] = {}
             for other in in_progress:
                 if other != run_id:
+                    other_partitions = _run_partitions(partitions_def, in_progress[other])
                     for key in planned.of(instance, other) & batch:
-                        busy.setdefault(key, other)
+                        overlaps = (
+                            failed_partitions is None
+                            or other_partitions is None
+                            or bool(other_partitions & failed_partitions[key])
+                        )
+                        if overlaps:
+                            busy.setdefault(key, other)
             ended = record.end_time or time.time()
             facts = RunRetryFacts(
                 run_id=run_id,
@@ -185,21 +202,23 @@ def build_coordinator(
                 continue
             cursor.decided = [*cursor.decided, run_id][-_REMEMBERED:]
             if verdict.action is RetryAction.REQUEST:
-                partition = run.tags.get("dagster/partition")
-                requests.append(
-                    RunRequest(
-                        run_key=contract.retry_run_key(run_id),
-                        job_name=retry_job,
-                        asset_selection=sorted(verdict.batch, key=lambda k: k.to_user_string()),
-                        # Same resource/op config as the failed run (e.g. dbt vars set in the launchpad).
-                        run_config=run.run_config,
-                        partition_key=partition,
-                        tags={
-                            **contract.carried_run_tags(run.tags),
-                            **contract.retry_run_tags(run_id, verdict.attempt),
-                        },
+                tags = {**contract.carried_run_tags(run.tags), **contract.retry_run_tags(run_id, verdict.attempt)}
+                if failed_partitions is None:
+                    requests.append(
+                        RunRequest(
+                            run_key=contract.retry_run_key(run_id),
+                            job_name=retry_job,
+                            asset_selection=sorted(verdict.batch, key=lambda k: k.to_user_string()),
+                            # Same resource/op config as the failed run (e.g. dbt vars set in the launchpad).
+                            run_config=run.run_config,
+                            partition_key=run.tags.get(contract.PARTITION_TAG),
+                            tags=tags,
+                        )
                     )
-                )
+                else:
+                    requests += _partition_requests(
+                        run_id, retry_job, run, tags, {k: failed_partitions[k] for k in verdict.batch}, partitions_def
+                    )
         cursor.pending = still
         skip = None if requests else (" ".join(reasons) or "no failed run to decide.")
         return SensorResult(run_requests=requests, skip_reason=skip, cursor=cursor.dump())
@@ -215,22 +234,76 @@ def build_coordinator(
     )
 
 
-def _not_taken_over(
-    instance: Any, shared: SharedReads, run_id: str, tags: Mapping[str, str], batch: set[AssetKey]
-) -> set[AssetKey]:
-    """The nodes of ``batch`` that no later run has planned or materialized since ``run_id`` did (a
-    later run's outcome is that run's to decide; a later materialization is success). Per partition
-    for a partitioned run."""
-    if not batch:
-        return batch
-    partition = tags.get("dagster/partition")
-    if partition is not None:
-        out = set()
-        for key in batch:
+def _failed_partitions(
+    instance: Any, run_id: str, outcomes: RunOutcomes, batch: set[AssetKey]
+) -> dict[AssetKey, frozenset[str]]:
+    """For each asset of ``batch``, the partitions the run planned and did not materialize that no
+    later run has planned since (a later run's outcome is that run's to decide); assets left with no
+    partition are left out."""
+    out: dict[AssetKey, frozenset[str]] = {}
+    for key in sorted(batch, key=lambda k: k.to_user_string()):
+        mine = set()
+        for partition in sorted(outcomes.not_succeeded_partitions(key)):
             info = instance.get_latest_planned_materialization_info(key, partition)
             if info is None or info.run_id == run_id:
-                out.add(key)
-        return out
+                mine.add(partition)
+        if mine:
+            out[key] = frozenset(mine)
+    return out
+
+
+def _run_partitions(partitions_def: PartitionsDefinition | None, tags: Mapping[str, str]) -> frozenset[str] | None:
+    """The partitions a run builds, from its tags; None when unpartitioned or not listable (then it
+    counts as building every partition)."""
+    span = contract.partition_span(tags)
+    if span is None or partitions_def is None:
+        return None
+    keys = keys_in_range(partitions_def, *span)
+    return frozenset(keys) if keys is not None else None
+
+
+def _partition_requests(
+    run_id: str,
+    retry_job: str,
+    run: Any,
+    tags: Mapping[str, str],
+    failed: Mapping[AssetKey, frozenset[str]],
+    partitions_def: PartitionsDefinition | None,
+) -> list[RunRequest]:
+    """The retry runs of a partitioned run: the assets that failed in the same partitions together,
+    one run per contiguous range of those partitions (a single partition is the run's partition key,
+    a range its range tags, as a single-run backfill's run has), each with the failed run's tags."""
+    span = contract.partition_span(run.tags)
+    ordered = keys_in_range(partitions_def, *span) if span is not None and partitions_def is not None else None
+    by_partitions: dict[frozenset[str], list[AssetKey]] = {}
+    for key, partitions in failed.items():
+        by_partitions.setdefault(partitions, []).append(key)
+    requests = []
+    base = contract.without_partition_tags(tags)
+    for partitions, keys in sorted(by_partitions.items(), key=lambda item: sorted(item[0])):
+        if ordered is not None and partitions <= set(ordered):
+            ranges = contiguous_ranges(ordered, partitions)
+        else:
+            ranges = [(p, p) for p in sorted(partitions)]
+        for first, last in ranges:
+            requests.append(
+                RunRequest(
+                    run_key=contract.retry_run_key(run_id, (first, last)),
+                    job_name=retry_job,
+                    asset_selection=sorted(keys, key=lambda k: k.to_user_string()),
+                    run_config=run.run_config,
+                    partition_key=first if first == last else None,
+                    tags=base if first == last else {**base, **contract.partition_range_tags(first, last)},
+                )
+            )
+    return requests
+
+
+def _not_taken_over(instance: Any, shared: SharedReads, run_id: str, batch: set[AssetKey]) -> set[AssetKey]:
+    """The nodes of ``batch`` that no later run has planned or materialized since ``run_id`` did (a
+    later run's outcome is that run's to decide; a later materialization is success)."""
+    if not batch:
+        return batch
     snapshot = shared.snapshot(instance)
     if snapshot is not None and all(k in snapshot for k in batch):
         return {k for k in batch if snapshot[k].last_run_id in (run_id, None)}

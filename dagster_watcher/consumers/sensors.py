@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import takewhile
 from typing import Any
 
 from dagster import (
@@ -30,6 +31,7 @@ from dagster import (
     AssetSelection,
     DagsterRunStatus,
     DefaultSensorStatus,
+    PartitionsDefinition,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
@@ -57,6 +59,8 @@ IN_PROGRESS = frozenset(
     }
 )
 _WATCHED_TYPES = ("model", "seed", "snapshot")
+#: How many of the newest materializations a new sensor reads to find all of the newest run's partitions.
+_NEWEST_RUN_PAGE = 1_000
 
 DownstreamTarget = Any
 """A job definition (``define_asset_job`` or ``@job``), a job's name (a job defined elsewhere in the code
@@ -90,6 +94,11 @@ class WatchedAsset:
     key: AssetKey
     unique_id: str
     downstream_jobs: list[str] = field(default_factory=list)
+    downstream_partitions_defs: dict[str, PartitionsDefinition | None] = field(default_factory=dict)
+    """The partitions each downstream job was declared with (an asset job's may only be known once
+    the code location resolves it)."""
+    partitioned: bool = False
+    """The asset is partitioned: a run materialized it only if it materialized each planned partition."""
 
 
 def _resolve_downstream(
@@ -211,10 +220,19 @@ def _build_sensors(
                 heartbeat_timeout=heartbeat_timeout,
                 minimum_interval_seconds=minimum_interval_seconds,
                 default_status=default_status,
+                partitions_def=assets.partitions_def,
             )
         )
     for key in watched_keys:
-        watched = WatchedAsset(key=key, unique_id=unique_id_of[key], downstream_jobs=attached.get(key, []))
+        watched = WatchedAsset(
+            key=key,
+            unique_id=unique_id_of[key],
+            downstream_jobs=attached.get(key, []),
+            partitioned=assets.partitions_def is not None,
+            downstream_partitions_defs={
+                j.name: getattr(j, "partitions_def", None) for j in downstream_jobs if j.name in attached.get(key, [])
+            },
+        )
         # Every sensor names the retry job too, so it is in the repository without a coordinator.
         jobs = [
             retry_job,
@@ -305,7 +323,14 @@ def _downstream_requests(
     if cursor.materialization == 0:
         # A new sensor (or a reset cursor) acts on the newest materialization only, like Dagster's
         # asset sensors: deploying it must not replay the asset's whole history downstream.
-        records = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
+        newest = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
+        records = newest
+        if newest and newest[0].partition_key is not None:
+            # ... of the newest run: all the partitions it materialized (a backfill's range). Read
+            # from the asset's own rows: their storage ids are the ones the cursor compares (a run's
+            # records may be numbered per run, e.g. SQLite's run shards).
+            recent = context.instance.fetch_materializations(watched.key, limit=_NEWEST_RUN_PAGE, ascending=False)
+            records = list(takewhile(lambda r: r.run_id == newest[0].run_id, recent.records))[::-1]
     else:
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(asset_key=watched.key, after_storage_id=cursor.materialization),
@@ -313,17 +338,59 @@ def _downstream_requests(
             ascending=True,
         ).records
     requests = []
+    by_run: dict[str, list[Any]] = {}
     for record in records:
-        for job in watched.downstream_jobs:
-            requests.append(
-                RunRequest(
-                    run_key=contract.downstream_run_key(watched.key, record.storage_id, job),
-                    job_name=job,
-                    tags=contract.downstream_run_tags(watched.key, record.run_id),
-                )
-            )
+        by_run.setdefault(record.run_id, []).append(record)
         cursor.materialization = max(cursor.materialization, record.storage_id)
+    for run_id, found in by_run.items():
+        # A downstream run carries the upstream run's own tags (user tags, pools, run-launcher config).
+        upstream = context.instance.get_run_record_by_id(run_id)
+        carried = contract.without_partition_tags(
+            contract.carried_run_tags(upstream.dagster_run.tags if upstream else {})
+        )
+        tags = {**carried, **contract.downstream_run_tags(watched.key, run_id)}
+        for job in watched.downstream_jobs:
+            partitioned = _job_partitions_def(context, job, watched.downstream_partitions_defs.get(job)) is not None
+            if partitioned and any(r.partition_key for r in found):
+                # One run per materialized partition, with that partition's key.
+                requests += [
+                    RunRequest(
+                        run_key=contract.downstream_run_key(watched.key, r.storage_id, job),
+                        job_name=job,
+                        partition_key=r.partition_key,
+                        tags=tags,
+                    )
+                    for r in found
+                    if r.partition_key
+                ]
+            elif any(r.partition_key for r in found):
+                # An unpartitioned job runs once for the partitions one run materialized.
+                requests.append(
+                    RunRequest(
+                        run_key=contract.downstream_run_key(watched.key, found[-1].storage_id, job),
+                        job_name=job,
+                        tags=tags,
+                    )
+                )
+            else:
+                requests += [
+                    RunRequest(
+                        run_key=contract.downstream_run_key(watched.key, r.storage_id, job),
+                        job_name=job,
+                        tags=tags,
+                    )
+                    for r in found
+                ]
     return requests
+
+
+def _job_partitions_def(context: SensorEvaluationContext, job: str, declared: PartitionsDefinition | None) -> Any:
+    """The downstream job's partitions: the resolved job's in the code location (an asset job takes
+    its assets'), else those it was declared with."""
+    repository = context.repository_def
+    if repository is not None and repository.has_job(job):
+        return repository.get_job(job).partitions_def
+    return declared
 
 
 @dataclass(frozen=True)
@@ -381,7 +448,7 @@ def _gather(
             return f"{name}: no run has planned it yet."
         if entry.last_run_id == cursor.settled:
             return f"{name}: nothing to do for run {entry.last_run_id[:8]}."
-        if entry.materialization_run_id == entry.last_run_id:
+        if entry.materialization_run_id == entry.last_run_id and not watched.partitioned:
             cursor.settled = entry.last_run_id
             return f"{name}: materialized by run {entry.last_run_id[:8]}."
     facts = _finished_run_facts(instance, watched.key, entry, shared) if entry is not None else None

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from dagster_watcher._text import MASK, scrub_result, scrub_secrets
-from dagster_watcher.dbt_normalizer import WANTED_EVENTS, DbtEventNormalizer, RawDbtEvent
+from dagster_watcher.dbt_normalizer import (
+    MICROBATCH_EVENTS,
+    WANTED_EVENTS,
+    DbtEventNormalizer,
+    RawDbtEvent,
+    batch_start,
+)
 from dagster_watcher.status import NodeResult, NodeStatus
 
 from .recorded import FAILED_MODEL, MODES, WARN_TEST, replay
@@ -40,7 +46,8 @@ def descendants(graph: Mapping[str, Any], unique_id: str) -> set[str]:
 @pytest.mark.parametrize("mode", MODES)
 def test_recording_holds_only_wanted_events_of_one_invocation(mode: str, recorded: dict[str, list[RawDbtEvent]]):
     events = recorded[mode]
-    assert {e.name for e in events} == WANTED_EVENTS
+    # The recorded project has no microbatch model: every wanted event but the batches' own.
+    assert {e.name for e in events} == WANTED_EVENTS - MICROBATCH_EVENTS
     assert len({e.invocation_id for e in events}) == 1
 
 
@@ -323,10 +330,81 @@ def test_microbatch_partial_success_materializes_names_failed_batches_and_blocks
     )
     assert result.status is NodeStatus.PARTIAL_SUCCESS
     assert result.status.materializes and result.status.blocks_descendants and not result.status.succeeded
-    assert result.failed_batches == ("2026-01-02",)
+    assert result.failed_batches == ("2026-01-02T00:00:00+00:00",)
     (child,) = normalizer.feed(*_as_args(_finished("model.shop.daily_revenue", "skipped")))
     assert child.skipped_because == ("model.shop.orders",)
 
 
 def _as_args(event: RawDbtEvent) -> tuple[str, Mapping[str, Any], str | None]:
     return event.name, event.data, event.invocation_id
+
+
+def _batch(unique_id: str, printed_start: str, status: str, index: int, total: int) -> RawDbtEvent:
+    return RawDbtEvent(
+        "LogBatchResult",
+        {
+            "node_info": {"unique_id": unique_id, "resource_type": "model"},
+            "description": f"batch {printed_start} of main.orders",
+            "status": status,
+            "batch_index": index,
+            "total_batches": total,
+        },
+        "inv",
+    )
+
+
+def test_a_microbatch_models_outcome_is_its_last_node_finished_with_the_failed_batches_and_their_error(
+    graph: Mapping[str, Any],
+):
+    """dbt 1.9+ fires LogBatchResult then NodeFinished per batch (batches may interleave on threads),
+    and the model's own NodeFinished last, without batch_results; a failed batch's error text is only
+    in GenericExceptionOnRun."""
+    model = "model.shop.orders"
+    normalizer = DbtEventNormalizer(graph)
+    events = [
+        _batch(model, "2024-02-01", "OK", 1, 3),
+        _finished(model, "success", "OK"),
+        RawDbtEvent(
+            "GenericExceptionOnRun",
+            {"unique_id": model, "exc": "Runtime Error\n  Invalid Input Error: partition 2024-02-02 failed"},
+            "inv",
+        ),
+        _batch(model, "2024-02-02", "error", 2, 3),
+        _batch(model, "2024-02-03", "OK", 3, 3),
+        _finished(model, "error", "ERROR"),
+        _finished(model, "success", "OK"),
+    ]
+    for event in events:
+        assert normalizer.feed(*_as_args(event)) == [], f"{event.name} of a batch is no outcome of the model"
+    (result,) = normalizer.feed(*_as_args(_finished(model, "partial success", "PARTIAL SUCCESS (2/3)")))
+    assert result.status is NodeStatus.PARTIAL_SUCCESS
+    assert result.failed_batches == ("2024-02-02T00:00:00+00:00",)
+    assert result.message is not None
+    assert result.message.startswith("PARTIAL SUCCESS (2/3): failed batches 2024-02-02: ")
+    assert "Invalid Input Error: partition 2024-02-02 failed" in result.message
+    (child,) = normalizer.feed(*_as_args(_finished("model.shop.daily_revenue", "skipped")))
+    assert child.skipped_because == (model,)
+
+
+def test_a_microbatch_model_whose_batches_all_succeed_is_one_success(graph: Mapping[str, Any]):
+    model = "model.shop.orders"
+    normalizer = DbtEventNormalizer(graph)
+    for i, day in enumerate(["2024-02-01", "2024-02-02"], start=1):
+        assert normalizer.feed(*_as_args(_batch(model, day, "OK", i, 2))) == []
+        assert normalizer.feed(*_as_args(_finished(model, "success", "OK"))) == []
+    (result,) = normalizer.feed(*_as_args(_finished(model, "success", "SUCCESS")))
+    assert result.status is NodeStatus.SUCCESS and result.failed_batches == () and result.message == "SUCCESS"
+
+
+@pytest.mark.parametrize(
+    ("printed", "iso"),
+    [
+        ("2024", "2024-01-01T00:00:00+00:00"),
+        ("2024-09", "2024-09-01T00:00:00+00:00"),
+        ("2024-09-17", "2024-09-17T00:00:00+00:00"),
+        ("2024-09-17T16", "2024-09-17T16:00:00+00:00"),
+    ],
+)
+def test_batch_starts_as_dbt_prints_them_per_batch_size(printed: str, iso: str):
+    start = batch_start(printed)
+    assert start is not None and start.isoformat() == iso
