@@ -41,7 +41,15 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     from _common import PROFILE_NAME, PROFILES_YML, reset_dir, sql_str, write  # type: ignore[no-redef]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_GRAPH = REPO_ROOT.parent / "shared" / "bench" / "fhir_graph.json"
+# ../shared beside the checkout; a git worktree (e.g. /work/wt/NAME) finds it further up.
+DEFAULT_GRAPH = next(
+    (
+        p / "shared" / "bench" / "fhir_graph.json"
+        for p in REPO_ROOT.parents
+        if (p / "shared" / "bench" / "fhir_graph.json").is_file()
+    ),
+    REPO_ROOT.parent / "shared" / "bench" / "fhir_graph.json",
+)
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "projects" / "fhir"
 
 #: Where non-root packages of the graph are written. dbt loads every project found in
@@ -58,6 +66,59 @@ SOURCE_ROW_STEP = 50
 METRIC_HISTORY_DAYS = 30
 
 CALCULATIONS = ("COUNT", "PROPORTION", "RATIO", "DISTRIBUTION")
+
+#: SQL dialects the project can be written in: DuckDB (embedded, the default) or PostgreSQL (a real
+#: multi-client server: the warehouse-like benchmark, benchmarks/bench_warehouse.py).
+DIALECTS = ("duckdb", "postgres")
+
+#: The PostgreSQL profile: the same DAGSTER_WATCHER_PG_* variables as example_project's postgres
+#: target (example_project/local_postgres.py sets them for a throwaway server).
+POSTGRES_PROFILES_YML = f"""\
+{PROFILE_NAME}:
+  target: dev
+  outputs:
+    dev:
+      type: postgres
+      host: "{{{{ env_var('DAGSTER_WATCHER_PG_HOST', '127.0.0.1') }}}}"
+      port: "{{{{ env_var('DAGSTER_WATCHER_PG_PORT', '5432') | as_number }}}}"
+      user: "{{{{ env_var('DAGSTER_WATCHER_PG_USER', 'postgres') }}}}"
+      password: "{{{{ env_var('DAGSTER_WATCHER_PG_PASSWORD', '') }}}}"
+      dbname: "{{{{ env_var('DAGSTER_WATCHER_PG_DBNAME', 'fhir') }}}}"
+      schema: fhir_bench
+      threads: "{{{{ env_var('DBT_THREADS', '8') | int }}}}"
+      connect_timeout: 10
+"""
+
+# The few DuckDB-only spellings of the templates, rewritten for PostgreSQL (the templates stay
+# DuckDB-first so the DuckDB project is unchanged). Every rewrite is checked to have matched.
+_POSTGRES_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\brange\(([^()]+)\) as (\w+)\((\w+)\)"), r"generate_series(0, \1 - 1) as \2(\3)"),
+    (re.compile(r"\bto_hours\("), "make_interval(hours => "),
+    (re.compile(r"\bto_minutes\("), "make_interval(mins => "),
+    (re.compile(r" as double\)"), " as double precision)"),
+    (re.compile(r"\byear\(([\w.]+)\)"), r"extract(year from \1)"),
+    (re.compile(r"(?<![\w)])\[('active'[^\]]*)\]\["), r"(array[\1])["),
+    (re.compile(r"-- Own DuckDB SQL"), "-- Own SQL, in PostgreSQL's dialect"),
+    # PostgreSQL 15 wants an alias on every subquery in FROM.
+    (re.compile(r"from \((\{\{ [\w.]*fhir_rows\([^)]*\) \}\})\)"), r"from (\1) as generated"),
+)
+
+
+def to_postgres(sql: str) -> str:
+    """``sql`` (a template's DuckDB SQL) in PostgreSQL's dialect."""
+    for pattern, replacement in _POSTGRES_REWRITES:
+        sql = pattern.sub(replacement, sql)
+    return sql
+
+
+def draw_latencies(names: Iterable[str], low: float, high: float, seed: int) -> dict[str, float]:
+    """Seconds each model waits on the server (``pg_sleep`` in a pre-hook), uniform in [low, high],
+    drawn once per name in sorted order with ``seed``: the same project, so the same waits, for every
+    variant of a benchmark."""
+    import random
+
+    rng = random.Random(seed)
+    return {name: round(rng.uniform(low, high), 2) for name in sorted(names)}
 
 
 def physical_schema(source_name: str) -> str:
@@ -234,9 +295,22 @@ def sql_resource_view(m: GraphModel, util_pkg: str, salt: int, runtime_sources: 
     )
 
 
-def sql_table_list(m: GraphModel, resources: list[tuple[str, str]], source_schema: str) -> str:
-    """``fhir_table_list``: which FHIR resources exist, checked against DuckDB's catalog."""
+def sql_table_list(m: GraphModel, resources: list[tuple[str, str]], source_schema: str, dialect: str = "duckdb") -> str:
+    """``fhir_table_list``: which FHIR resources exist, checked against the database's catalog."""
     values = ",\n    ".join(f"({sql_str(r)}, {sql_str(t)})" for r, t in resources)
+    if dialect == "postgres":
+        catalog = f"""left join (
+  select c.relname as table_name, c.reltuples as estimated_size
+  from pg_catalog.pg_class as c
+  join pg_catalog.pg_namespace as n on n.oid = c.relnamespace
+  where n.nspname = {sql_str(source_schema)} and c.relkind = 'r'
+) as t
+  on lower(t.table_name) = r.table_name"""
+    else:
+        catalog = f"""left join duckdb_tables() as t
+  on t.database_name = current_database()
+  and t.schema_name = {sql_str(source_schema)}
+  and lower(t.table_name) = r.table_name"""
     return (
         _header(m, "list of FHIR resources and whether their source table exists")
         + _config(m)
@@ -253,10 +327,7 @@ select
   t.table_name is not null as table_exists,
   coalesce(t.estimated_size, 0) as estimated_rows
 from resources as r
-left join duckdb_tables() as t
-  on t.database_name = current_database()
-  and t.schema_name = {sql_str(source_schema)}
-  and lower(t.table_name) = r.table_name
+{catalog}
 """
     )
 
@@ -305,7 +376,7 @@ select
   {ctx_sum} as context_rows
 from driver as d
 {chr(10).join(joins)}
-group by all
+group by 1, 2, 3
 """
     )
 
@@ -492,7 +563,7 @@ select
   max(m.metric_date) as last_date
 from {{ ref('metric_all_definitions') }} as d
 left join {{ ref('metric') }} as m using (metric_name)
-group by all
+group by 1, 2, 3, 4
 """,
         )
     if name == "metric_thresholds":
@@ -750,7 +821,7 @@ def _seed_csv(name: str, metrics: list[str]) -> str:
 
 
 def _write_source_hook(
-    out: Path, util_pkg: str, sources: list[tuple[str, str]]
+    out: Path, util_pkg: str, sources: list[tuple[str, str]], dialect: str = "duckdb"
 ) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
     """Write ``macros/create_bench_sources.sql``, called from ``on-run-start``.
 
@@ -768,8 +839,9 @@ def _write_source_hook(
         key = (schema, table.lower())
         physical.setdefault(key, len(physical))
     rows = {f"{s}.{t}": SOURCE_BASE_ROWS + SOURCE_ROW_STEP * i for (s, t), i in physical.items()}
-    # Catalog-qualified so that a database named like a schema cannot make names ambiguous.
-    db = '"{{ target.database }}".'
+    # Catalog-qualified so that a database named like a schema cannot make names ambiguous (DuckDB;
+    # PostgreSQL refuses database-qualified schema names and has one database per connection).
+    db = '"{{ target.database }}".' if dialect == "duckdb" else ""
     stmts = [f"create schema if not exists {db}{physical_schema(s)};" for s in sorted({s for s, _ in physical})]
     for (schema, table), i in physical.items():
         stmts.append(
@@ -795,6 +867,9 @@ def generate_fhir_project(
     *,
     root_package: str = "fhir_dbt_analytics",
     runtime_sources: bool = False,
+    dialect: str = "duckdb",
+    latency: tuple[float, float] | None = None,
+    latency_seed: int = 13,
 ) -> Path:
     """Generate the FHIR benchmark project into ``out_dir`` (wiped first) and return its path.
 
@@ -805,7 +880,22 @@ def generate_fhir_project(
             written to ``<out_dir>/vendored_packages/<package>``.
         runtime_sources: call ``source()`` only under ``{% if execute %}`` like the original, so
             the manifest has no source->model edges. Default False: the edges are explicit.
+        dialect: ``duckdb`` (default) or ``postgres`` (profile on the ``DAGSTER_WATCHER_PG_*``
+            server, PostgreSQL spellings of the same SQL).
+        latency: ``(low, high)`` seconds: every enabled model first waits on the server like a
+            warehouse query (``pg_sleep`` pre-hook; postgres only), drawn once with ``latency_seed``.
+
+    Raises:
+        ValueError: an unknown dialect, or a latency on DuckDB (which has no server to wait on).
     """
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect must be one of {DIALECTS}, not {dialect!r}")
+    if latency is not None and dialect != "postgres":
+        raise ValueError("latency needs dialect='postgres' (pg_sleep on the server)")
+
+    def sql_text(text: str) -> str:
+        return to_postgres(text) if dialect == "postgres" else text
+
     graph = load_graph(Path(graph_path))
     out = reset_dir(Path(out_dir))
     models = graph.models
@@ -823,12 +913,12 @@ def generate_fhir_project(
     metric_calc = {name: _calculation(name, i) for i, name in enumerate(metrics)}
 
     # --- project files ------------------------------------------------------------------------
-    write(out / "profiles.yml", PROFILES_YML)
+    write(out / "profiles.yml", POSTGRES_PROFILES_YML if dialect == "postgres" else PROFILES_YML)
     write(
         out / "dbt_project.yml",
         f"""\
 # Generated by benchmarks/gen_fhir.py from fhir_graph.json: the DAG of google/fhir-dbt-analytics
-# with own DuckDB SQL. Do not edit; regenerate.
+# with own {"PostgreSQL" if dialect == "postgres" else "DuckDB"} SQL. Do not edit; regenerate.
 name: {root_package}
 version: "1.0.0"
 config-version: 2
@@ -859,10 +949,13 @@ flags:
             f'name: {pkg}\nversion: "1.0.0"\nconfig-version: 2\n\nmodel-paths: ["models"]\nmacro-paths: ["macros"]\n',
         )
 
+    latencies = draw_latencies((n for n, m in models.items() if m.enabled), *latency, latency_seed) if latency else {}
+
     # --- macros -------------------------------------------------------------------------------
     write(
         _package_dir(out, util_pkg, root_package) / "macros" / "fhir_rows.sql",
-        """\
+        sql_text(
+            """\
 -- Deterministic pseudo-FHIR rows: the column contract shared by all source tables and
 -- resource views. Modular arithmetic instead of random() keeps every build identical.
 {% macro fhir_rows(n_rows, salt) -%}
@@ -879,9 +972,10 @@ select
   (r.i + {{ salt }}) % 5 <> 0 as has_text
 from range({{ n_rows }}) as r(i)
 {%- endmacro %}
-""",
+"""
+        ),
     )
-    physical, _rows = _write_source_hook(out, util_pkg, graph.sources)
+    physical, _rows = _write_source_hook(out, util_pkg, graph.sources, dialect)
     catalog_values = ",\n    ".join(
         f"({sql_str(n)}, {sql_str(metric_calc[n])}, {sql_str(models[n].path.split('/')[2] if models[n].path.count('/') > 2 else 'metrics')}, {i})"
         for i, n in enumerate(metrics)
@@ -904,7 +998,12 @@ from range({{ n_rows }}) as r(i)
     src_pkg = max(sorted(set(src_users)), key=src_users.count) if src_users else root_package
     lines = ["version: 2", "", "sources:"]
     for s in sorted(by_source):
-        lines += [f"  - name: {s}", f"    schema: {physical_schema(s)}", "    tables:"]
+        lines += [f"  - name: {s}", f"    schema: {physical_schema(s)}"]
+        if dialect == "postgres":
+            # The hook creates the physical tables unquoted (lower case); the graph's table names
+            # are mixed case (fhir.Binary), which PostgreSQL would treat as a different name quoted.
+            lines += ["    quoting:", "      identifier: false"]
+        lines += ["    tables:"]
         lines += [f"      - name: {t}" for t in sorted(by_source[s])]
     write(_package_dir(out, src_pkg, root_package) / "models" / "sources.yml", "\n".join(lines))
 
@@ -920,7 +1019,7 @@ from range({{ n_rows }}) as r(i)
     for idx, (name, m) in enumerate(models.items()):
         sql: str | None = None
         if name == "fhir_table_list" and not m.refs and not m.sources:
-            sql = sql_table_list(m, resource_list, source_schema)
+            sql = sql_table_list(m, resource_list, source_schema, dialect)
         elif name in resource_models and m.materialized != "incremental":
             sql = sql_resource_view(m, util_pkg, len(physical) + idx, runtime_sources)
         elif (
@@ -937,7 +1036,13 @@ from range({{ n_rows }}) as r(i)
         if sql is None:
             sql = sql_generic(m, runtime_sources)
         _check_refs(m, sql)
-        write(_package_dir(out, m.package, root_package) / m.path, sql)
+        if name in latencies:
+            # A second config() call merges with the template's: the wait runs on the server, inside
+            # the model's own execution (dbt's execute timing), before its SQL.
+            sql = sql.replace(
+                "\n{{ config(", f'\n{{{{ config(pre_hook="select pg_sleep({latencies[name]})") }}}}\n{{{{ config(', 1
+            )
+        write(_package_dir(out, m.package, root_package) / m.path, sql_text(sql))
 
     # --- tests --------------------------------------------------------------------------------
     specs_by_file: dict[Path, list] = defaultdict(list)
@@ -961,6 +1066,18 @@ from range({{ n_rows }}) as r(i)
                 "graph": Path(graph_path).name,
                 "root_package": root_package,
                 "runtime_sources": runtime_sources,
+                "dialect": dialect,
+                "latency": (
+                    {
+                        "low": latency[0],
+                        "high": latency[1],
+                        "seed": latency_seed,
+                        "total_seconds": round(sum(latencies.values()), 2),
+                        "per_model": latencies,
+                    }
+                    if latency
+                    else None
+                ),
                 "expected": {
                     "models_enabled": sum(m.enabled for m in models.values()),
                     "models_disabled": sum(not m.enabled for m in models.values()),
@@ -1082,13 +1199,30 @@ def main(argv: list[str] | None = None) -> None:
         metavar="MANIFEST",
         help="do not generate; compare a parsed project's target/manifest.json with the graph (exit 1 on mismatch)",
     )
+    parser.add_argument("--dialect", choices=DIALECTS, default="duckdb", help="SQL dialect (default: %(default)s)")
+    parser.add_argument(
+        "--latency",
+        metavar="LOW,HIGH",
+        help="postgres: every model first waits LOW..HIGH seconds on the server (pg_sleep), drawn once with --latency-seed",
+    )
+    parser.add_argument("--latency-seed", type=int, default=13)
     args = parser.parse_args(argv)
+    latency = None
+    if args.latency:
+        low, _, high = args.latency.partition(",")
+        latency = (float(low), float(high or low))
     if args.check_manifest:
         report = compare_manifest_to_graph(args.check_manifest, args.graph, runtime_sources=args.runtime_sources)
         print(json.dumps(report, indent=2))
         raise SystemExit(1 if report["mismatches"] else 0)
     out = generate_fhir_project(
-        args.out, args.graph, root_package=args.root_package, runtime_sources=args.runtime_sources
+        args.out,
+        args.graph,
+        root_package=args.root_package,
+        runtime_sources=args.runtime_sources,
+        dialect=args.dialect,
+        latency=latency,
+        latency_seed=args.latency_seed,
     )
     print(out)
 
