@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dagster import (
@@ -30,7 +30,6 @@ from dagster import (
     AssetSelection,
     DagsterRunStatus,
     DefaultSensorStatus,
-    RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -38,11 +37,12 @@ from dagster import (
 )
 
 from .. import contract
-from .._compat import asset_job_types, is_job_like
+from .._compat import asset_job_types, is_job_like, sensor_instance
 from .._gc import paused_gc
 from ..contract import RecordedOutcome
 from ..errors import WatcherConfigError
 from ..retry import RetryAction, RetryFacts, WatcherRetryPolicy, decide_retry, retry_batch
+from ._downstream import WatchedAsset, downstream_requests
 from ._liveness import DEFAULT_HEARTBEAT_TIMEOUT, end_if_dead
 from ._reads import Entry, SharedReads
 from .coordinator import build_coordinator
@@ -80,15 +80,6 @@ class _Cursor:
 
     def dump(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
-
-
-@dataclass
-class WatchedAsset:
-    """What one consumer sensor needs to know about its asset (built once, at definition time)."""
-
-    key: AssetKey
-    unique_id: str
-    downstream_jobs: list[str] = field(default_factory=list)
 
 
 def _resolve_downstream(
@@ -132,8 +123,10 @@ def build_watcher_sensors(
     minimum_interval_seconds: int = 15,
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+    per_model: bool = True,
 ) -> list[SensorDefinition]:
-    """One consumer sensor per dbt model/seed/snapshot asset of a :func:`dbt_watcher_assets` definition.
+    """One consumer sensor per dbt model/seed/snapshot asset of a :func:`dbt_watcher_assets` definition
+    (or, with ``per_model=False``, one sensor for the whole producer).
 
     Args:
         assets: the producer definition.
@@ -145,10 +138,17 @@ def build_watcher_sensors(
         default_status: whether the sensors run as soon as the code location loads.
         heartbeat_timeout: seconds without a producer heartbeat after which a STARTED run is dead,
             whatever host it runs on: it is marked failed and its unreported nodes retried.
+        per_model: ``True`` (default): a sensor per model (``watch_<model>``), each with its own ticks,
+            cursor and skip reason in the UI. ``False``: ONE sensor, the producer's coordinator, also
+            launches every model's downstream jobs: the daemon pays one tick per interval instead of
+            one per model (for projects of thousands of models; see README "Consumers and retries").
+            Same launches and retries either way.
 
     With a retry policy, the first sensor is the producer's retry coordinator
     (``contract.retry_sensor_name``): it decides each failed run's retry batch once, never while a
-    run in progress planned a node of it, and ends runs whose producer is dead.
+    run in progress planned a node of it, and ends runs whose producer is dead. With
+    ``per_model=False`` it is the only sensor, also without a retry policy (it then ends dead runs and
+    launches downstream jobs, and retries nothing).
 
     Raises:
         WatcherConfigError: a ``downstream`` key that is not an asset of ``assets``.
@@ -157,6 +157,8 @@ def build_watcher_sensors(
 
         sensors = build_watcher_sensors(my_dbt, downstream={"customers": crm_sync_job})
         defs = Definitions(assets=[my_dbt], sensors=sensors, jobs=[crm_sync_job], ...)
+        # 5,000 models: one sensor tick per interval instead of 5,001
+        sensors = build_watcher_sensors(my_dbt, downstream={"customers": crm_sync_job}, per_model=False)
     """
     with paused_gc():
         return _build_sensors(
@@ -166,6 +168,7 @@ def build_watcher_sensors(
             minimum_interval_seconds=minimum_interval_seconds,
             default_status=default_status,
             heartbeat_timeout=heartbeat_timeout,
+            per_model=per_model,
         )
 
 
@@ -177,6 +180,7 @@ def _build_sensors(
     minimum_interval_seconds: int,
     default_status: DefaultSensorStatus,
     heartbeat_timeout: float,
+    per_model: bool,
 ) -> list[SensorDefinition]:
     attached, downstream_jobs = _resolve_downstream(assets, downstream)
     retry_job = define_asset_job(
@@ -189,8 +193,29 @@ def _build_sensors(
         (k for k in assets.keys if unique_id_of[k].split(".", 1)[0] in _WATCHED_TYPES),
         key=lambda k: k.to_user_string(),
     )
-    shared = SharedReads(watched_keys)
+    watched = [
+        WatchedAsset(key=k, unique_id=unique_id_of[k], downstream_jobs=attached.get(k, [])) for k in watched_keys
+    ]
     coordinator = contract.retry_sensor_name(assets)
+    if not per_model:
+        # Its snapshot holds only the assets it launches jobs for; a retry decision reads its batch.
+        with_jobs = [w for w in watched if w.downstream_jobs]
+        return [
+            build_coordinator(
+                coordinator,
+                frozenset(assets.keys),
+                unique_id_of,
+                retry_job,
+                retry_policy,
+                SharedReads([w.key for w in with_jobs]),
+                heartbeat_timeout=heartbeat_timeout,
+                minimum_interval_seconds=minimum_interval_seconds,
+                default_status=default_status,
+                downstream=with_jobs,
+                downstream_jobs=downstream_jobs,
+            )
+        ]
+    shared = SharedReads(watched_keys)
     sensors = []
     if retry_policy is not None:
         # First, so that in one round the dead runs it ends are seen ended by every per-model sensor.
@@ -207,20 +232,19 @@ def _build_sensors(
                 default_status=default_status,
             )
         )
-    for key in watched_keys:
-        watched = WatchedAsset(key=key, unique_id=unique_id_of[key], downstream_jobs=attached.get(key, []))
+    for one in watched:
         # Every sensor names the retry job too, so it is in the repository without a coordinator.
-        jobs = [retry_job, *(j for j in downstream_jobs if j.name in watched.downstream_jobs)]
+        jobs = [retry_job, *(j for j in downstream_jobs if j.name in one.downstream_jobs)]
         sensors.append(
             SensorDefinition(
-                name=contract.sensor_name(key),
+                name=contract.sensor_name(one.key),
                 evaluation_fn=_make_evaluation(
-                    watched, unique_id_of, retry_job.name, retry_policy, shared, coordinator, heartbeat_timeout
+                    one, unique_id_of, retry_job.name, retry_policy, shared, coordinator, heartbeat_timeout
                 ),
                 jobs=jobs,
                 minimum_interval_seconds=minimum_interval_seconds,
                 default_status=default_status,
-                description=f"dagster-watcher consumer of {key.to_user_string()} ({watched.unique_id}).",
+                description=f"dagster-watcher consumer of {one.key.to_user_string()} ({one.unique_id}).",
             )
         )
     return sensors
@@ -237,13 +261,14 @@ def _make_evaluation(
 ) -> Any:
     def evaluate(context: SensorEvaluationContext) -> SensorResult:
         cursor = _Cursor.load(context.cursor)
-        snapshot = shared.snapshot(context.instance)
+        instance = sensor_instance(context)
+        snapshot = shared.snapshot(instance)
         entry = snapshot.get(watched.key) if snapshot is not None else None
         if snapshot is not None and entry is None:
             entry = Entry(None, None, None)  # no record: never planned nor materialized
-        requests = _downstream_requests(context, watched, cursor, entry)
+        requests, cursor.materialization = downstream_requests(instance, watched, cursor.materialization, entry)
         reason = _retry_decision(
-            context, watched, cursor, unique_id_of, retry_job, policy, entry, shared, coordinator, heartbeat_timeout
+            instance, watched, cursor, unique_id_of, retry_job, policy, entry, shared, coordinator, heartbeat_timeout
         )
         return SensorResult(
             run_requests=requests,
@@ -255,38 +280,6 @@ def _make_evaluation(
     # which is measurable for thousands of sensors when they are strings.
     evaluate.__annotations__ = {"context": SensorEvaluationContext, "return": SensorResult}
     return evaluate
-
-
-def _downstream_requests(
-    context: SensorEvaluationContext, watched: WatchedAsset, cursor: _Cursor, entry: Entry | None
-) -> list[RunRequest]:
-    """One run per attached job per new materialization: the evidence of success is the event itself."""
-    if not watched.downstream_jobs:
-        return []
-    if entry is not None and (entry.materialization_id or 0) <= cursor.materialization:
-        return []  # nothing newer than what the cursor has handled
-    if cursor.materialization == 0:
-        # A new sensor (or a reset cursor) acts on the newest materialization only, like Dagster's
-        # asset sensors: deploying it must not replay the asset's whole history downstream.
-        records = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
-    else:
-        records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=watched.key, after_storage_id=cursor.materialization),
-            limit=100,
-            ascending=True,
-        ).records
-    requests = []
-    for record in records:
-        for job in watched.downstream_jobs:
-            requests.append(
-                RunRequest(
-                    run_key=contract.downstream_run_key(watched.key, record.storage_id, job),
-                    job_name=job,
-                    tags=contract.downstream_run_tags(watched.key, record.run_id),
-                )
-            )
-        cursor.materialization = max(cursor.materialization, record.storage_id)
-    return requests
 
 
 @dataclass(frozen=True)
@@ -332,10 +325,9 @@ def _run_facts_from_rows(instance: Any, key: AssetKey, run_id: str, planned_stor
 
 
 def _gather(
-    context: SensorEvaluationContext, watched: WatchedAsset, cursor: _Cursor, entry: Entry | None, shared: SharedReads
+    instance: Any, watched: WatchedAsset, cursor: _Cursor, entry: Entry | None, shared: SharedReads
 ) -> _RunFacts | str:
     """The facts about the latest run that planned the asset, or the reason there is nothing to decide."""
-    instance = context.instance
     name = watched.key.to_user_string()
     if entry is not None:
         # The newest run that planned the asset also sets last_run_id; when that is the run already
@@ -361,7 +353,7 @@ def _gather(
 
 
 def _retry_decision(
-    context: SensorEvaluationContext,
+    instance: Any,
     watched: WatchedAsset,
     cursor: _Cursor,
     unique_id_of: Mapping[AssetKey, str],
@@ -372,10 +364,9 @@ def _retry_decision(
     coordinator: str,
     heartbeat_timeout: float,
 ) -> str:
-    gathered = _gather(context, watched, cursor, entry, shared)
+    gathered = _gather(instance, watched, cursor, entry, shared)
     if isinstance(gathered, str):
         return gathered
-    instance = context.instance
     run = gathered.record.dagster_run
     in_progress = run.status in IN_PROGRESS
     if in_progress and not gathered.materialized and end_if_dead(instance, run, heartbeat_timeout):
