@@ -26,6 +26,20 @@ class Entry:
     materialization_run_id: str | None
 
 
+def read_entries(instance: Any, keys: Sequence[AssetKey]) -> dict[AssetKey, Entry]:
+    """The entries of ``keys`` that have an asset record (one batched read)."""
+    entries: dict[AssetKey, Entry] = {}
+    for record in instance.get_asset_records(list(keys)):
+        entry = record.asset_entry
+        mat = entry.last_materialization_record
+        entries[entry.asset_key] = Entry(
+            last_run_id=entry.last_run_id,
+            materialization_id=mat.storage_id if mat else None,
+            materialization_run_id=mat.run_id if mat else None,
+        )
+    return entries
+
+
 # A snapshot whose event log has moved on is taken again at most this often; in between, sensors
 # that cannot use it read their own rows (so a build in progress costs what it did before, not a
 # re-read of every asset per sensor).
@@ -67,15 +81,7 @@ class SharedReads:
             now = time.monotonic()
             if storage == self._storage and now - self._taken_at < SNAPSHOT_REFRESH_SECONDS:
                 return None
-            entries: dict[AssetKey, Entry] = {}
-            for record in instance.get_asset_records(self._keys):
-                entry = record.asset_entry
-                mat = entry.last_materialization_record
-                entries[entry.asset_key] = Entry(
-                    last_run_id=entry.last_run_id,
-                    materialization_id=mat.storage_id if mat else None,
-                    materialization_run_id=mat.run_id if mat else None,
-                )
+            entries = read_entries(instance, self._keys)
             # The version was read before the records: a write in between makes the next tick re-read.
             self._storage, self._version, self._taken_at, self._entries = storage, version, now, entries
             self._runs = {}

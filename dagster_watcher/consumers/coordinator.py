@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,10 +31,12 @@ from dagster import (
 )
 
 from .. import contract
+from .._compat import sensor_instance
 from ..partitions import contiguous_ranges, keys_in_range
 from ..retry import RetryAction, RunOutcomes, RunRetryFacts, WatcherRetryPolicy, decide_run_retry, retry_batch
+from ._downstream import WatchedAsset, downstream_requests
 from ._liveness import end_if_dead
-from ._reads import SharedReads
+from ._reads import Entry, SharedReads, read_entries
 
 _IN_PROGRESS = [
     DagsterRunStatus.QUEUED,
@@ -60,6 +62,9 @@ class _CoordinatorCursor:
     """Finished failed runs of this producer still waiting (delay, or a run in progress)."""
     decided: list[str] = field(default_factory=list)
     """Runs already decided (newest last), so an update of their record decides nothing twice."""
+    materializations: dict[str, int] = field(default_factory=dict)
+    """Per-producer shape: per asset with downstream jobs, the storage id of the last materialization
+    whose downstream runs were requested."""
 
     @classmethod
     def load(cls, raw: str | None) -> _CoordinatorCursor | None:
@@ -114,12 +119,17 @@ def build_coordinator(
     minimum_interval_seconds: int,
     default_status: DefaultSensorStatus,
     partitions_def: PartitionsDefinition | None = None,
+    downstream: Sequence[WatchedAsset] = (),
+    downstream_jobs: Sequence[Any] = (),
 ) -> SensorDefinition:
+    """The coordinator sensor. With ``downstream`` (the per-producer shape, ``per_model=False``) it
+    also launches the downstream jobs of those assets, reading their entries from ``shared``."""
     planned = _Planned(keys)
     retry_job = retry_job_def.name
+    with_jobs = [w for w in downstream if w.downstream_jobs]
 
     def evaluate(context: SensorEvaluationContext) -> SensorResult:
-        instance = context.instance
+        instance = sensor_instance(context)
         cursor = _CoordinatorCursor.load(context.cursor)
         first = cursor is None
         cursor = cursor or _CoordinatorCursor()
@@ -220,6 +230,8 @@ def build_coordinator(
                         run_id, retry_job, run, tags, {k: failed_partitions[k] for k in verdict.batch}, partitions_def
                     )
         cursor.pending = still
+        if with_jobs:
+            requests += _downstream_of_all(context, instance, with_jobs, shared, cursor.materializations)
         skip = None if requests else (" ".join(reasons) or "no failed run to decide.")
         return SensorResult(run_requests=requests, skip_reason=skip, cursor=cursor.dump())
 
@@ -227,11 +239,34 @@ def build_coordinator(
     return SensorDefinition(
         name=name,
         evaluation_fn=evaluate,
-        jobs=[retry_job_def],
+        jobs=[retry_job_def, *downstream_jobs],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        description="dagster-watcher retry coordinator: decides each failed run's retry batch once.",
+        description="dagster-watcher retry coordinator: decides each failed run's retry batch once."
+        + (f" Launches the downstream jobs of {len(with_jobs)} model(s) (per_model=False)." if with_jobs else ""),
     )
+
+
+def _downstream_of_all(
+    context: SensorEvaluationContext,
+    instance: Any,
+    watched: Sequence[WatchedAsset],
+    shared: SharedReads,
+    marks: dict[str, int],
+) -> list[RunRequest]:
+    """The per-producer shape's downstream launches: every asset's new materializations, from one
+    batched read of their entries (``marks`` is updated in place)."""
+    entries = shared.snapshot(instance)
+    if entries is None:  # the event log moved less than a refresh interval ago: read them now
+        entries = read_entries(instance, [w.key for w in watched])
+    requests: list[RunRequest] = []
+    for w in watched:
+        name = w.key.to_user_string()
+        found, marks[name] = downstream_requests(
+            context, instance, w, marks.get(name, 0), entries.get(w.key) or Entry(None, None, None)
+        )
+        requests += found
+    return requests
 
 
 def _failed_partitions(

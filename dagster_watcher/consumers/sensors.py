@@ -20,8 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from itertools import takewhile
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dagster import (
@@ -31,8 +30,6 @@ from dagster import (
     AssetSelection,
     DagsterRunStatus,
     DefaultSensorStatus,
-    PartitionsDefinition,
-    RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -40,11 +37,12 @@ from dagster import (
 )
 
 from .. import contract
-from .._compat import add_job_name_targets, asset_job_types, is_job_like
+from .._compat import add_job_name_targets, asset_job_types, is_job_like, sensor_instance
 from .._gc import paused_gc
 from ..contract import RecordedOutcome
 from ..errors import WatcherConfigError
 from ..retry import RetryAction, RetryFacts, WatcherRetryPolicy, decide_retry, retry_batch
+from ._downstream import WatchedAsset, downstream_requests
 from ._liveness import DEFAULT_HEARTBEAT_TIMEOUT, end_if_dead
 from ._reads import Entry, SharedReads
 from .coordinator import build_coordinator
@@ -59,8 +57,6 @@ IN_PROGRESS = frozenset(
     }
 )
 _WATCHED_TYPES = ("model", "seed", "snapshot")
-#: How many of the newest materializations a new sensor reads to find all of the newest run's partitions.
-_NEWEST_RUN_PAGE = 1_000
 
 DownstreamTarget = Any
 """A job definition (``define_asset_job`` or ``@job``), a job's name (a job defined elsewhere in the code
@@ -85,20 +81,6 @@ class _Cursor:
 
     def dump(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
-
-
-@dataclass
-class WatchedAsset:
-    """What one consumer sensor needs to know about its asset (built once, at definition time)."""
-
-    key: AssetKey
-    unique_id: str
-    downstream_jobs: list[str] = field(default_factory=list)
-    downstream_partitions_defs: dict[str, PartitionsDefinition | None] = field(default_factory=dict)
-    """The partitions each downstream job was declared with (an asset job's may only be known once
-    the code location resolves it)."""
-    partitioned: bool = False
-    """The asset is partitioned: a run materialized it only if it materialized each planned partition."""
 
 
 def _resolve_downstream(
@@ -146,8 +128,10 @@ def build_watcher_sensors(
     minimum_interval_seconds: int = 15,
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+    per_model: bool = True,
 ) -> list[SensorDefinition]:
-    """One consumer sensor per dbt model/seed/snapshot asset of a :func:`dbt_watcher_assets` definition.
+    """One consumer sensor per dbt model/seed/snapshot asset of a :func:`dbt_watcher_assets` definition
+    (or, with ``per_model=False``, one sensor for the whole producer).
 
     Args:
         assets: the producer definition.
@@ -160,18 +144,29 @@ def build_watcher_sensors(
         default_status: whether the sensors run as soon as the code location loads.
         heartbeat_timeout: seconds without a producer heartbeat after which a STARTED run is dead,
             whatever host it runs on: it is marked failed and its unreported nodes retried.
+        per_model: ``True`` (default): a sensor per model (``watch_<model>``), each with its own ticks,
+            cursor and skip reason in the UI. ``False``: ONE sensor, the producer's coordinator, also
+            launches every model's downstream jobs: the daemon pays one tick per interval instead of
+            one per model (for projects of thousands of models; see README "Consumers and retries").
+            Same launches and retries either way; downstream jobs must then be job definitions or
+            asset selections (not names).
 
     With a retry policy, the first sensor is the producer's retry coordinator
     (``contract.retry_sensor_name``): it decides each failed run's retry batch once, never while a
-    run in progress planned a node of it, and ends runs whose producer is dead.
+    run in progress planned a node of it, and ends runs whose producer is dead. With
+    ``per_model=False`` it is the only sensor, also without a retry policy (it then ends dead runs and
+    launches downstream jobs, and retries nothing).
 
     Raises:
-        WatcherConfigError: a ``downstream`` key that is not an asset of ``assets``.
+        WatcherConfigError: a ``downstream`` key that is not an asset of ``assets``, or a job given by
+            name with ``per_model=False``.
 
     Example::
 
         sensors = build_watcher_sensors(my_dbt, downstream={"customers": crm_sync_job})
         defs = Definitions(assets=[my_dbt], sensors=sensors, jobs=[crm_sync_job], ...)
+        # 5,000 models: one sensor tick per interval instead of 5,001
+        sensors = build_watcher_sensors(my_dbt, downstream={"customers": crm_sync_job}, per_model=False)
     """
     with paused_gc():
         return _build_sensors(
@@ -181,6 +176,7 @@ def build_watcher_sensors(
             minimum_interval_seconds=minimum_interval_seconds,
             default_status=default_status,
             heartbeat_timeout=heartbeat_timeout,
+            per_model=per_model,
         )
 
 
@@ -192,6 +188,7 @@ def _build_sensors(
     minimum_interval_seconds: int,
     default_status: DefaultSensorStatus,
     heartbeat_timeout: float,
+    per_model: bool = True,
 ) -> list[SensorDefinition]:
     attached, downstream_jobs = _resolve_downstream(assets, downstream)
     retry_job = define_asset_job(
@@ -204,8 +201,47 @@ def _build_sensors(
         (k for k in assets.keys if unique_id_of[k].split(".", 1)[0] in _WATCHED_TYPES),
         key=lambda k: k.to_user_string(),
     )
-    shared = SharedReads(watched_keys)
+    watched = {
+        key: WatchedAsset(
+            key=key,
+            unique_id=unique_id_of[key],
+            downstream_jobs=attached.get(key, []),
+            partitioned=assets.partitions_def is not None,
+            downstream_partitions_defs={
+                j.name: getattr(j, "partitions_def", None)
+                for j in downstream_jobs
+                if not isinstance(j, str) and j.name in attached.get(key, [])
+            },
+        )
+        for key in watched_keys
+    }
     coordinator = contract.retry_sensor_name(assets)
+    if not per_model:
+        by_name = sorted(j for j in downstream_jobs if isinstance(j, str))
+        if by_name:
+            raise WatcherConfigError(
+                f"build_watcher_sensors(per_model=False): downstream jobs {by_name} are given by name; the "
+                "per-producer sensor needs the job definitions (or asset selections of what they build)."
+            )
+        # Its snapshot holds only the assets it launches jobs for; a retry decision reads its batch.
+        with_jobs = [w for w in watched.values() if w.downstream_jobs]
+        return [
+            build_coordinator(
+                coordinator,
+                frozenset(assets.keys),
+                unique_id_of,
+                retry_job,
+                retry_policy,
+                SharedReads([w.key for w in with_jobs]),
+                heartbeat_timeout=heartbeat_timeout,
+                minimum_interval_seconds=minimum_interval_seconds,
+                default_status=default_status,
+                partitions_def=assets.partitions_def,
+                downstream=with_jobs,
+                downstream_jobs=downstream_jobs,
+            )
+        ]
+    shared = SharedReads(watched_keys)
     sensors = []
     if retry_policy is not None:
         # First, so that in one round the dead runs it ends are seen ended by every per-model sensor.
@@ -224,31 +260,23 @@ def _build_sensors(
             )
         )
     for key in watched_keys:
-        watched = WatchedAsset(
-            key=key,
-            unique_id=unique_id_of[key],
-            downstream_jobs=attached.get(key, []),
-            partitioned=assets.partitions_def is not None,
-            downstream_partitions_defs={
-                j.name: getattr(j, "partitions_def", None) for j in downstream_jobs if j.name in attached.get(key, [])
-            },
-        )
+        one = watched[key]
         # Every sensor names the retry job too, so it is in the repository without a coordinator.
         jobs = [
             retry_job,
-            *(j for j in downstream_jobs if not isinstance(j, str) and j.name in watched.downstream_jobs),
+            *(j for j in downstream_jobs if not isinstance(j, str) and j.name in one.downstream_jobs),
         ]
-        by_name = [j for j in downstream_jobs if isinstance(j, str) and j in watched.downstream_jobs]
+        by_name = [j for j in downstream_jobs if isinstance(j, str) and j in one.downstream_jobs]
         sensor = _ConsumerSensor(
             job_names=by_name,
             name=contract.sensor_name(key),
             evaluation_fn=_make_evaluation(
-                watched, unique_id_of, retry_job.name, retry_policy, shared, coordinator, heartbeat_timeout
+                one, unique_id_of, retry_job.name, retry_policy, shared, coordinator, heartbeat_timeout
             ),
             jobs=jobs,
             minimum_interval_seconds=minimum_interval_seconds,
             default_status=default_status,
-            description=f"dagster-watcher consumer of {key.to_user_string()} ({watched.unique_id}).",
+            description=f"dagster-watcher consumer of {key.to_user_string()} ({one.unique_id}).",
         )
         sensors.append(sensor)
     return sensors
@@ -292,13 +320,16 @@ def _make_evaluation(
 ) -> Any:
     def evaluate(context: SensorEvaluationContext) -> SensorResult:
         cursor = _Cursor.load(context.cursor)
-        snapshot = shared.snapshot(context.instance)
+        instance = sensor_instance(context)
+        snapshot = shared.snapshot(instance)
         entry = snapshot.get(watched.key) if snapshot is not None else None
         if snapshot is not None and entry is None:
             entry = Entry(None, None, None)  # no record: never planned nor materialized
-        requests = _downstream_requests(context, watched, cursor, entry)
+        requests, cursor.materialization = downstream_requests(
+            context, instance, watched, cursor.materialization, entry
+        )
         reason = _retry_decision(
-            context, watched, cursor, unique_id_of, retry_job, policy, entry, shared, coordinator, heartbeat_timeout
+            instance, watched, cursor, unique_id_of, retry_job, policy, entry, shared, coordinator, heartbeat_timeout
         )
         return SensorResult(
             run_requests=requests,
@@ -310,87 +341,6 @@ def _make_evaluation(
     # which is measurable for thousands of sensors when they are strings.
     evaluate.__annotations__ = {"context": SensorEvaluationContext, "return": SensorResult}
     return evaluate
-
-
-def _downstream_requests(
-    context: SensorEvaluationContext, watched: WatchedAsset, cursor: _Cursor, entry: Entry | None
-) -> list[RunRequest]:
-    """One run per attached job per new materialization: the evidence of success is the event itself."""
-    if not watched.downstream_jobs:
-        return []
-    if entry is not None and (entry.materialization_id or 0) <= cursor.materialization:
-        return []  # nothing newer than what the cursor has handled
-    if cursor.materialization == 0:
-        # A new sensor (or a reset cursor) acts on the newest materialization only, like Dagster's
-        # asset sensors: deploying it must not replay the asset's whole history downstream.
-        newest = context.instance.fetch_materializations(watched.key, limit=1, ascending=False).records
-        records = newest
-        if newest and newest[0].partition_key is not None:
-            # ... of the newest run: all the partitions it materialized (a backfill's range). Read
-            # from the asset's own rows: their storage ids are the ones the cursor compares (a run's
-            # records may be numbered per run, e.g. SQLite's run shards).
-            recent = context.instance.fetch_materializations(watched.key, limit=_NEWEST_RUN_PAGE, ascending=False)
-            records = list(takewhile(lambda r: r.run_id == newest[0].run_id, recent.records))[::-1]
-    else:
-        records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=watched.key, after_storage_id=cursor.materialization),
-            limit=100,
-            ascending=True,
-        ).records
-    requests = []
-    by_run: dict[str, list[Any]] = {}
-    for record in records:
-        by_run.setdefault(record.run_id, []).append(record)
-        cursor.materialization = max(cursor.materialization, record.storage_id)
-    for run_id, found in by_run.items():
-        # A downstream run carries the upstream run's own tags (user tags, pools, run-launcher config).
-        upstream = context.instance.get_run_record_by_id(run_id)
-        carried = contract.without_partition_tags(
-            contract.carried_run_tags(upstream.dagster_run.tags if upstream else {})
-        )
-        tags = {**carried, **contract.downstream_run_tags(watched.key, run_id)}
-        for job in watched.downstream_jobs:
-            partitioned = _job_partitions_def(context, job, watched.downstream_partitions_defs.get(job)) is not None
-            if partitioned and any(r.partition_key for r in found):
-                # One run per materialized partition, with that partition's key.
-                requests += [
-                    RunRequest(
-                        run_key=contract.downstream_run_key(watched.key, r.storage_id, job),
-                        job_name=job,
-                        partition_key=r.partition_key,
-                        tags=tags,
-                    )
-                    for r in found
-                    if r.partition_key
-                ]
-            elif any(r.partition_key for r in found):
-                # An unpartitioned job runs once for the partitions one run materialized.
-                requests.append(
-                    RunRequest(
-                        run_key=contract.downstream_run_key(watched.key, found[-1].storage_id, job),
-                        job_name=job,
-                        tags=tags,
-                    )
-                )
-            else:
-                requests += [
-                    RunRequest(
-                        run_key=contract.downstream_run_key(watched.key, r.storage_id, job),
-                        job_name=job,
-                        tags=tags,
-                    )
-                    for r in found
-                ]
-    return requests
-
-
-def _job_partitions_def(context: SensorEvaluationContext, job: str, declared: PartitionsDefinition | None) -> Any:
-    """The downstream job's partitions: the resolved job's in the code location (an asset job takes
-    its assets'), else those it was declared with."""
-    repository = context.repository_def
-    if repository is not None and repository.has_job(job):
-        return repository.get_job(job).partitions_def
-    return declared
 
 
 @dataclass(frozen=True)
@@ -436,10 +386,9 @@ def _run_facts_from_rows(instance: Any, key: AssetKey, run_id: str, planned_stor
 
 
 def _gather(
-    context: SensorEvaluationContext, watched: WatchedAsset, cursor: _Cursor, entry: Entry | None, shared: SharedReads
+    instance: Any, watched: WatchedAsset, cursor: _Cursor, entry: Entry | None, shared: SharedReads
 ) -> _RunFacts | str:
     """The facts about the latest run that planned the asset, or the reason there is nothing to decide."""
-    instance = context.instance
     name = watched.key.to_user_string()
     if entry is not None:
         # The newest run that planned the asset also sets last_run_id; when that is the run already
@@ -465,7 +414,7 @@ def _gather(
 
 
 def _retry_decision(
-    context: SensorEvaluationContext,
+    instance: Any,
     watched: WatchedAsset,
     cursor: _Cursor,
     unique_id_of: Mapping[AssetKey, str],
@@ -476,10 +425,9 @@ def _retry_decision(
     coordinator: str,
     heartbeat_timeout: float,
 ) -> str:
-    gathered = _gather(context, watched, cursor, entry, shared)
+    gathered = _gather(instance, watched, cursor, entry, shared)
     if isinstance(gathered, str):
         return gathered
-    instance = context.instance
     run = gathered.record.dagster_run
     in_progress = run.status in IN_PROGRESS
     if in_progress and not gathered.materialized and end_if_dead(instance, run, heartbeat_timeout):

@@ -154,6 +154,40 @@ def test_memoize_output_asset_keys_when_the_method_raises_changes_nothing():
     assert "get_output_asset_keys" not in vars(step)
 
 
+# -- sensor_instance -------------------------------------------------------------------------------
+
+
+def test_sensor_instance_is_built_once_per_instance_config(tmp_path: Path):
+    """What a code server gets: a ref per evaluation. The instance is built once, not per evaluation."""
+    from dagster import build_sensor_context
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ref_a = DagsterInstance.local_temp(str(tmp_path / "a")).get_ref()
+    ref_b = DagsterInstance.local_temp(str(tmp_path / "b")).get_ref()
+    first = build_sensor_context(instance_ref=ref_a)
+    shared = _compat.sensor_instance(first)
+    assert first._instance is None, "the context built no instance of its own"  # type: ignore[attr-defined]
+    assert _compat.sensor_instance(build_sensor_context(instance_ref=ref_a)) is shared
+    other = _compat.sensor_instance(build_sensor_context(instance_ref=ref_b))
+    assert other is not shared
+    assert other.root_directory == str(tmp_path / "b")
+
+
+def test_sensor_instance_without_a_ref_is_the_contexts_own(sqlite_instance: DagsterInstance):
+    """Under build_sensor_context(instance=...) (tests) there is no ref: the given instance is used."""
+    from dagster import build_sensor_context
+
+    assert _compat.sensor_instance(build_sensor_context(instance=sqlite_instance)) is sqlite_instance
+    # A context without the private attribute at all.
+    assert _compat.sensor_instance(SimpleNamespace(instance=sqlite_instance)) is sqlite_instance
+
+
+def test_sensor_instance_when_the_ref_cannot_be_serialized(sqlite_instance: DagsterInstance):
+    context = SimpleNamespace(instance=sqlite_instance, instance_ref=object())
+    assert _compat.sensor_instance(context) is sqlite_instance
+
+
 # -- EventLogVersion --------------------------------------------------------------------------------
 
 
@@ -458,6 +492,7 @@ def test_every_compat_function_is_covered_here():
         "asset_job_types",
         "is_job_like",
         "memoize_output_asset_keys",
+        "sensor_instance",
         "EventLogVersion",
         "dbt_manifest_from_json",
         "release_adapter_handles",
