@@ -17,6 +17,10 @@ from ._gc import paused_gc
 from .errors import WatcherConfigError
 from .retry import WatcherRetryPolicy
 
+#: dagster-dbt's op tags (``dagster_dbt/select``, ``/exclude``, ``/selector``) that it derives from its
+#: arguments and reads back when it builds selections and schedules.
+_DAGSTER_DBT_TAG_PREFIX = "dagster_dbt/"
+
 
 def dbt_watcher_assets(
     *,
@@ -32,6 +36,8 @@ def dbt_watcher_assets(
     op_tags: Mapping[str, Any] | None = None,
     retry_policy: RetryPolicy | WatcherRetryPolicy | None = None,
     pool: str | None = None,
+    io_manager_key: str | None = None,
+    required_resource_keys: set[str] | None = None,
 ) -> Callable[[Callable[..., Any]], AssetsDefinition]:
     """Define one asset per dbt model/seed/snapshot and one asset check per dbt test, computed by a
     single ``dbt build`` whose node outcomes are written to Dagster as they finish.
@@ -56,6 +62,8 @@ def dbt_watcher_assets(
             re-runs only the nodes that did not succeed, in one dbt invocation, and errors the policy
             calls non-retryable fail the step for good.
         pool: the Dagster concurrency pool of the step.
+        io_manager_key: the IO manager of the assets' outputs, as in ``@dbt_assets``.
+        required_resource_keys: more resources the body uses, as in ``@dbt_assets``.
 
     Returns:
         A decorator turning the body into an ``AssetsDefinition``.
@@ -66,7 +74,8 @@ def dbt_watcher_assets(
         OSError: the manifest path cannot be read.
         ValueError: the file at the manifest path is not JSON.
         WatcherConfigError: an ``op_tags`` key uses the ``dagster_watcher/`` prefix reserved for the
-            watcher's own tags (dagster-dbt rejects its own reserved ``dagster_dbt/`` keys likewise).
+            watcher's own tags, or dagster-dbt's reserved ``dagster_dbt/`` prefix (its selection tags:
+            use ``select``/``exclude``/``selector``).
 
     Example::
 
@@ -79,6 +88,13 @@ def dbt_watcher_assets(
         raise WatcherConfigError(
             f"op_tags {reserved} use the {contract.RESERVED_TAG_PREFIX!r} prefix, which dagster-watcher reserves for "
             "its own producer/retry tags (they would be overwritten or break consumers): rename them."
+        )
+    dbt_reserved = sorted(t for t in op_tags or {} if t.startswith(_DAGSTER_DBT_TAG_PREFIX))
+    if dbt_reserved:
+        raise WatcherConfigError(
+            f"op_tags {dbt_reserved} use the {_DAGSTER_DBT_TAG_PREFIX!r} prefix, where dagster-dbt records the "
+            "definition's dbt selection (they would overwrite it): use the select=, exclude= or selector= "
+            "arguments, or rename the tags."
         )
     tags: dict[str, Any] = {contract.PRODUCER_TAG: "true", **(op_tags or {})}
     if isinstance(retry_policy, WatcherRetryPolicy):
@@ -107,6 +123,8 @@ def dbt_watcher_assets(
             op_tags=tags,
             retry_policy=retry_policy,
             pool=pool,
+            io_manager_key=io_manager_key,
+            required_resource_keys=required_resource_keys,
         )(fn)
 
     return decorator

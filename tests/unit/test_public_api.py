@@ -253,3 +253,47 @@ def test_op_tags_may_not_overwrite_the_watchers_own_tags() -> None:
 
     with pytest.raises(WatcherConfigError, match=r"dagster_watcher/producer.*rename them"):
         dbt_watcher_assets(manifest={}, op_tags={"dagster_watcher/producer": "x", "team": "finance"})
+
+
+def test_dbt_watcher_assets_takes_every_dbt_assets_argument() -> None:
+    import inspect
+
+    from dagster_dbt import build_schedule_from_dbt_selection, dbt_assets
+
+    from dagster_watcher import build_watcher_schedule, dbt_watcher_assets
+
+    ours = inspect.signature(dbt_watcher_assets).parameters
+    assert set(inspect.signature(dbt_assets).parameters) <= set(ours), "switching is one import"
+    schedule = set(inspect.signature(build_watcher_schedule).parameters)
+    theirs = set(inspect.signature(build_schedule_from_dbt_selection).parameters) - {"dbt_assets"}
+    assert theirs <= schedule, "a build_schedule_from_dbt_selection call works after renaming it"
+
+
+def test_op_tags_may_not_overwrite_dagster_dbts_selection_tags() -> None:
+    from dagster_watcher import dbt_watcher_assets
+
+    with pytest.raises(WatcherConfigError, match=r"dagster_dbt/select.*select=, exclude= or selector="):
+        dbt_watcher_assets(manifest={}, op_tags={"dagster_dbt/select": "tag:x", "team": "finance"})
+
+
+def test_build_watcher_schedule_with_dagster_dbts_arguments(shop_assets) -> None:
+    from dagster import build_schedule_context, instance_for_test
+
+    from dagster_watcher import build_watcher_schedule
+
+    schedule = build_watcher_schedule(
+        [shop_assets],
+        "marts_daily",  # dagster-dbt's positional job_name
+        "0 6 * * *",
+        dbt_select="customers",
+        schedule_name="marts",
+        tags={"team": "finance"},
+    )
+    assert schedule.name == "marts" and schedule.job_name == "marts_daily"
+    selected = schedule.job.selection.resolve([shop_assets])  # type: ignore[union-attr]
+    assert {k.to_user_string() for k in selected} == {"customers"}, "the job is the dbt selection"
+    with instance_for_test() as instance:
+        [request] = schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests or []
+    assert request.tags["team"] == "finance"
+    with pytest.raises(WatcherConfigError, match="job_name"):
+        build_watcher_schedule(shop_assets, cron_schedule="0 6 * * *")
