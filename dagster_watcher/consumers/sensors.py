@@ -216,6 +216,22 @@ def _build_sensors(
         for key in watched_keys
     }
     coordinator = contract.retry_sensor_name(assets)
+
+    def coordinator_sensor(shared: SharedReads, **downstream_shape: Any) -> SensorDefinition:
+        return build_coordinator(
+            coordinator,
+            frozenset(assets.keys),
+            unique_id_of,
+            retry_job,
+            retry_policy,
+            shared,
+            heartbeat_timeout=heartbeat_timeout,
+            minimum_interval_seconds=minimum_interval_seconds,
+            default_status=default_status,
+            partitions_def=assets.partitions_def,
+            **downstream_shape,
+        )
+
     if not per_model:
         by_name = sorted(j for j in downstream_jobs if isinstance(j, str))
         if by_name:
@@ -226,39 +242,15 @@ def _build_sensors(
         # Its snapshot holds only the assets it launches jobs for; a retry decision reads its batch.
         with_jobs = [w for w in watched.values() if w.downstream_jobs]
         return [
-            build_coordinator(
-                coordinator,
-                frozenset(assets.keys),
-                unique_id_of,
-                retry_job,
-                retry_policy,
-                SharedReads([w.key for w in with_jobs]),
-                heartbeat_timeout=heartbeat_timeout,
-                minimum_interval_seconds=minimum_interval_seconds,
-                default_status=default_status,
-                partitions_def=assets.partitions_def,
-                downstream=with_jobs,
-                downstream_jobs=downstream_jobs,
+            coordinator_sensor(
+                SharedReads([w.key for w in with_jobs]), downstream=with_jobs, downstream_jobs=downstream_jobs
             )
         ]
     shared = SharedReads(watched_keys)
     sensors = []
     if retry_policy is not None:
         # First, so that in one round the dead runs it ends are seen ended by every per-model sensor.
-        sensors.append(
-            build_coordinator(
-                coordinator,
-                frozenset(assets.keys),
-                unique_id_of,
-                retry_job,
-                retry_policy,
-                shared,
-                heartbeat_timeout=heartbeat_timeout,
-                minimum_interval_seconds=minimum_interval_seconds,
-                default_status=default_status,
-                partitions_def=assets.partitions_def,
-            )
-        )
+        sensors.append(coordinator_sensor(shared))
     for key in watched_keys:
         one = watched[key]
         # Every sensor names the retry job too, so it is in the repository without a coordinator.
