@@ -193,7 +193,9 @@ def asset_names(events: list[dict[str, Any]], *types: str) -> list[str]:
 def test_sensors_run_in_the_daemon(daemon_retry: DaemonRetry) -> None:
     """One running consumer sensor per dbt asset, evaluated by the daemon from the start."""
     sensors = {s["name"]: s["sensorState"]["status"] for s in daemon_retry.sensors_before}
-    assert sensors == {f"watch_{name}": "RUNNING" for name in DBT_ASSETS} | {LEADER_SENSOR: "RUNNING"}
+    # The example's second, daily-partitioned producer (README "Partitions") has its own two.
+    daily = {"watch_orders_daily": "RUNNING", "watcher_retries_shop_orders_daily": "RUNNING"}
+    assert sensors == {f"watch_{name}": "RUNNING" for name in DBT_ASSETS} | {LEADER_SENSOR: "RUNNING"} | daily
     assert daemon_retry.first_ticks, "the daemon never evaluated a consumer sensor"
     assert any("no run has planned it yet" in (t["skipReason"] or "") for t in daemon_retry.first_ticks), (
         daemon_retry.first_ticks
