@@ -78,7 +78,7 @@ def customer_report(context: AssetExecutionContext) -> MaterializeResult:
     the build ends)."""
     latest = context.instance.get_latest_materialization_event(AssetKey("customers"))
     md = latest.asset_materialization.metadata if latest and latest.asset_materialization else {}
-    relation = md["relation_name"].value if "relation_name" in md else None
+    relation = md["dagster_watcher/relation_name"].value if "dagster_watcher/relation_name" in md else None
     metadata: dict[str, MetadataValue] = {
         "upstream_run": MetadataValue.text(latest.run_id if latest else ""),
         "relation": MetadataValue.text(str(relation)),

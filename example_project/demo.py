@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         observed = [r for r in instance.fetch_observations(key, limit=5).records if r.run_id == result.run_id]
         if materialized:
             md = materialized[0].asset_materialization.metadata  # type: ignore[union-attr]
-            rows_affected = md.get("rows_affected")
+            rows_affected = md.get("dagster_watcher/rows_affected")
             outcome, detail = "materialized", f"rows={rows_affected.value}" if rows_affected else ""
         elif observed:
             md = observed[0].asset_observation.metadata  # type: ignore[union-attr]

@@ -229,8 +229,8 @@ def test_example_project_builds_through_the_resource_then_merges_incrementally(
         assert md["statement_type"] == statement_type, name
         assert md["job_id"] in md["job_link"] and md["job_link"].startswith("https://console.cloud.google.com/")
         assert md["bytes_processed"] == 0 and md["slot_ms"] >= 0  # the local server reports 0 bytes
-        assert md["relation_name"] == f"`test-proj`.`{dataset}`.`{name}`"
-        assert md["adapter_response"]["job_id"] == md["job_id"]
+        assert md["dagster_watcher/relation_name"] == f"`test-proj`.`{dataset}`.`{name}`"
+        assert md["dagster_watcher/adapter_response"]["job_id"] == md["job_id"]
         assert bq_client.get_table(f"test-proj.{dataset}.{name}").table_type == relation_type, name
         # Job labels tie each job to the Dagster run that submitted it.
         assert job.labels["dagster-run"] == first.run_id
@@ -260,14 +260,14 @@ def test_example_project_builds_through_the_resource_then_merges_incrementally(
     failing = {k.name: ev for k, ev in checks.items() if not ev.passed}
     assert set(failing) == {"not_null_stg_customers_email"}
     assert failing["not_null_stg_customers_email"].severity.value == "WARN"
-    assert failing["not_null_stg_customers_email"].metadata["failure_count"].value == 2
+    assert failing["not_null_stg_customers_email"].metadata["dagster_watcher/failure_count"].value == 2
 
     # Second run (a new Dagster run: new job ids): the incremental model now runs dbt's statement
     # sequence (temp table, MERGE on unique_key, drop) and merges instead of rebuilding or appending.
     second = materialize([example.shop_bigquery_dbt_assets], resources=example.defs.resources, instance=instance)
     assert second.success
     updates = materializations(instance, second.run_id)["order_updates"]
-    response = updates["adapter_response"]
+    response = updates["dagster_watcher/adapter_response"]
     assert response["plan"] == "incremental-merge"
     assert response["statements"] == ["create_tmp", "merge", "drop_tmp"]
     assert updates["statement_type"] == "MERGE"
@@ -546,10 +546,10 @@ def test_reexecution_after_a_killed_run_worker_reattaches_and_reruns_only_failur
     assert counts == {"slow_1": 1, "slow_2": 1, "slow_3": 1, "flaky": 2, "flaky_child": 1, "independent": 1}
     mats = materializations(instance, second.run_id)
     for name in slow:
-        response = mats[name]["adapter_response"]
+        response = mats[name]["dagster_watcher/adapter_response"]
         assert response["reattached"] is True and response["attempt"] == 0, name
         assert mats[name]["job_id"] == node_jobs(after, uid[name])[0].job_id
-    assert mats["flaky"]["adapter_response"]["attempt"] == 1
+    assert mats["flaky"]["dagster_watcher/adapter_response"]["attempt"] == 1
     assert set(still_running) <= {mats[n]["job_id"] for n in slow}
     assert rows(bq_client, f"select fixed from `test-proj.{dataset}.flaky_child`") == [(1,)]
 
@@ -602,7 +602,7 @@ def test_retried_step_reattaches_and_reruns_only_what_failed(
     assert len(node_jobs(jobs, child)) == 1
     mats = materializations_all(instance, result.run_id)
     assert len(mats["independent"]) == 1 and len(mats["flaky"]) == 1 and len(mats["flaky_child"]) == 1
-    assert mats["flaky"][0]["adapter_response"]["attempt"] == attempts - 1
+    assert mats["flaky"][0]["dagster_watcher/adapter_response"]["attempt"] == attempts - 1
     # The retried attempt reused the run's compile instead of compiling again.
     logs = [r.user_message for r in instance.all_logs(result.run_id)]
     assert sum("dbt compile of" in m for m in logs) == 1

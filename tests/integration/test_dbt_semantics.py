@@ -200,7 +200,7 @@ def test_failing_test_without_a_check_fails_the_run_and_is_observed_on_each_pare
     assert not run.result.success, "a failing test that is no asset check is no false green"
     failing = [(k, md) for k, md in run.test_observations() if md[TEST] == "assert_revenue_matches_orders"]
     assert sorted(k for k, _ in failing) == [AssetKey("daily_revenue"), AssetKey("orders")]
-    assert all(md[STATUS] == "fail" and md["failure_count"] == 1 for _, md in failing)
+    assert all(md[STATUS] == "fail" and md["dagster_watcher/failure_count"] == 1 for _, md in failing)
     assert "assert_revenue_matches_orders" in run.step_failure_message()
     assert set(run.materialized()) == set(shop_assets.keys), "every model still built"
 

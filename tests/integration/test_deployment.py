@@ -241,7 +241,7 @@ def assert_full_build(dep: Deployment) -> None:
         md = metadata_dict(latest["metadataEntries"])
         assert md["dagster_watcher/status"] == "success"
         assert md["unique_id"].split(".")[-1] == name
-    assert metadata_dict(latest_materialization(nodes["customers"])["metadataEntries"])["relation_name"]  # type: ignore[index]
+    assert metadata_dict(latest_materialization(nodes["customers"])["metadataEntries"])["dagster_watcher/relation_name"]  # type: ignore[index]
 
     # Checks as the catalog shows them, and the warning through the check-execution history.
     executions = {c["name"]: c["executionForLatestMaterialization"] for n in nodes.values() for c in checks_of(n)}
@@ -251,7 +251,7 @@ def assert_full_build(dep: Deployment) -> None:
     warn = execution_in(run, dep.dev.graphql.check_executions(["stg_customers"], WARN_CHECK, limit=20))
     assert warn["status"] == "FAILED"
     assert warn["evaluation"]["severity"] == "WARN" and not warn["evaluation"]["success"]
-    assert metadata_dict(warn["evaluation"]["metadataEntries"])["failure_count"] == "2"
+    assert metadata_dict(warn["evaluation"]["metadataEntries"])["dagster_watcher/failure_count"] == "2"
 
 
 def assert_failing_model_visible(dep: Deployment) -> None:

@@ -56,7 +56,7 @@ def test_full_build_one_materialization_per_node_and_one_check_result_per_test(
 
     warn = checks[next(k for k in checks if k.name == "not_null_stg_customers_email")]
     assert not warn.passed and warn.severity == AssetCheckSeverity.WARN
-    assert warn.metadata["failure_count"].value == 2
+    assert warn.metadata["dagster_watcher/failure_count"].value == 2
     assert all(c.passed for k, c in checks.items() if k.name != "not_null_stg_customers_email")
 
 
@@ -69,10 +69,10 @@ def test_materialization_metadata_names_the_dbt_node(mode: str, full_runs: dict[
     }
     md = by_key[AssetKey("customers")]
     assert md["unique_id"].value == "model.shop.customers"
-    assert md["dbt_status"].value == "success"
-    assert md["execution_duration"].value > 0
-    assert "main" in md["relation_name"].value and "customers" in md["relation_name"].value
-    assert "select" in md["compiled_sql"].value.lower() and "{{" not in md["compiled_sql"].value
+    assert md["dagster_watcher/dbt_status"].value == "success"
+    assert md["dagster_watcher/execution_duration"].value > 0
+    assert "main" in md["dagster_watcher/relation_name"].value and "customers" in md["dagster_watcher/relation_name"].value
+    assert "select" in md["dagster_watcher/compiled_sql"].value.lower() and "{{" not in md["dagster_watcher/compiled_sql"].value
     invocation_ids = {m["invocation_id"].value for m in by_key.values()}
     assert len(invocation_ids) == 1, "every node comes from the same single dbt invocation"
 
@@ -319,7 +319,7 @@ def test_runner_mode_reparses_when_the_profile_environment_changed(
     md = run.events(DagsterEventType.ASSET_MATERIALIZATION)[
         0
     ].dagster_event.event_specific_data.materialization.metadata  # type: ignore[union-attr]
-    assert '"other"' in md["relation_name"].value
+    assert '"other"' in md["dagster_watcher/relation_name"].value
 
 
 def test_in_process_build_releases_the_warehouse_file(shop_manifest: dict, tmp_path: Path, duckdb_path: Path) -> None:
