@@ -66,7 +66,7 @@ class Config:
     models: int
     instance: str  # sqlite | postgres
     threads: bool
-    shape: str  # per-model | per-producer
+    shape: str  # per-model (idle sensors stopped) | per-model-all (every sensor running) | per-producer
     code: str  # after | before
 
     @property
@@ -213,7 +213,8 @@ def measure(bench: Bench, config: Config, *, postgres: Any, opts: argparse.Names
         DW_BENCH_PROJECT_DIR=str(bench.project_dir),
         DW_BENCH_MANIFEST_TARGET=str(bench.parsed_target),
         DW_BENCH_SENSOR_INTERVAL=str(opts.interval),
-        DW_BENCH_PER_MODEL="1" if config.shape == "per-model" else "0",
+        DW_BENCH_PER_MODEL="0" if config.shape == "per-producer" else "1",
+        DW_BENCH_IDLE="running" if config.shape == "per-model-all" else "",
         DW_BENCH_DOWNSTREAM_EVERY=str(opts.downstream_every),
         DW_BENCH_INFO=str(info_path),
     )
@@ -237,6 +238,15 @@ def measure(bench: Bench, config: Config, *, postgres: Any, opts: argparse.Names
         )
     try:
         deadline = time.monotonic() + opts.timeout
+        while not info_path.exists():  # the code server has loaded the definitions
+            if daemon.poll() is not None:
+                raise RuntimeError(f"dagster-daemon exited with {daemon.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the code server did not load the definitions")
+            time.sleep(0.5)
+        time.sleep(0.5)
+        # The sensors the daemon ticks: the older code declares every sensor running.
+        expected = result.sensors = json.loads(info_path.read_text()).get("running_sensors", expected)
         while _finished_evaluations(log) < expected * opts.rounds:
             if daemon.poll() is not None:
                 raise RuntimeError(f"dagster-daemon exited with {daemon.returncode}")
@@ -336,7 +346,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default="200,1000", help="comma-separated model counts (synthetic projects)")
     p.add_argument("--instances", default="sqlite,postgres", help="sqlite, postgres or both")
     p.add_argument("--threads", default="off,on", help="sensors use_threads: off, on or both")
-    p.add_argument("--shapes", default="per-model,per-producer", help="per-model, per-producer or both")
+    p.add_argument(
+        "--shapes",
+        default="per-model,per-producer",
+        help="per-model (the default shape: sensors of models without downstream jobs declared stopped), "
+        "per-model-all (idle_status=RUNNING: every sensor running, the 'before' shape), per-producer",
+    )
     p.add_argument("--code", default="after", help="after (working tree), before (--baseline-ref) or both")
     p.add_argument("--baseline-ref", default="main", help="git ref of the 'before' code")
     p.add_argument("--rounds", type=int, default=3, help="rounds before the downstream probe (first + quiet)")
@@ -391,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"synthetic_{n}: parsed in {seconds:.1f}s, {watched_count(bench.manifest)} watched assets", flush=True
             )
             for inst, thr, shape, code in itertools.product(instances, threads, shapes, codes):
-                if shape == "per-producer" and code == "before":
-                    continue  # the before code has no per-producer shape
+                if shape in ("per-producer", "per-model-all") and code == "before":
+                    continue  # the before code has no per-producer shape, and runs every sensor
                 config = Config(n, inst, thr, shape, code)
                 load = os.getloadavg()[0]
                 r = measure(bench, config, postgres=postgres, opts=opts, baseline=baseline)

@@ -7,7 +7,10 @@
   per producer). Only passed when ``0``, so an older dagster-watcher (the "before" code) loads too.
 - ``DW_BENCH_DOWNSTREAM_EVERY``: a no-op downstream job is attached to every n-th model (sorted by
   key); 0 attaches none.
-- ``DW_BENCH_INFO``: a JSON file to write the loaded ``dagster_watcher``'s path and those models to.
+- ``DW_BENCH_IDLE``: ``running`` runs the sensors of models without a downstream job too
+  (``idle_status=RUNNING``; only passed when set, so an older dagster-watcher loads too).
+- ``DW_BENCH_INFO``: a JSON file to write the loaded ``dagster_watcher``'s path, those models and the
+  number of sensors declared running to.
 """
 
 import os
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dagster import Definitions, job, op
+from dagster import DefaultSensorStatus, Definitions, job, op
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -46,6 +49,8 @@ models = sorted(
 #: The models with a downstream job (bench_daemon.py materializes one of them to time the launch).
 DOWNSTREAM_MODELS = models[::EVERY] if EVERY > 0 else []
 shape: dict[str, Any] = {} if PER_MODEL else {"per_model": False}
+if os.environ.get("DW_BENCH_IDLE") == "running":
+    shape["idle_status"] = DefaultSensorStatus.RUNNING
 sensors = build_watcher_sensors(
     assets,
     downstream={k: bench_downstream_job for k in DOWNSTREAM_MODELS},
@@ -60,7 +65,14 @@ if os.environ.get("DW_BENCH_INFO"):
     import dagster_watcher
 
     Path(os.environ["DW_BENCH_INFO"]).write_text(
-        json.dumps({"dagster_watcher": dagster_watcher.__file__, "downstream": [k.path for k in DOWNSTREAM_MODELS]})
+        json.dumps(
+            {
+                "dagster_watcher": dagster_watcher.__file__,
+                "downstream": [k.path for k in DOWNSTREAM_MODELS],
+                # The daemon ticks these only (the rest are declared stopped: idle_status).
+                "running_sensors": sum(1 for s in sensors if s.default_status == DefaultSensorStatus.RUNNING),
+            }
+        )
     )
 
 defs = Definitions(assets=[assets], resources=bench_defs.resources, sensors=sensors, jobs=[bench_downstream_job])

@@ -89,6 +89,8 @@ class WatcherSensorsArgs(dg.Resolvable):
     minimum_interval_seconds: int | None = None
     default_status: Literal["running", "stopped"] | None = None
     heartbeat_timeout: float | None = None
+    idle_status: Literal["running", "stopped"] | None = None
+    """Sensors of models without a downstream job (``build_watcher_sensors``' ``idle_status``)."""
 
     def kwargs(self) -> dict[str, Any]:
         """The ``build_watcher_sensors`` keyword arguments that are set."""
@@ -99,6 +101,8 @@ class WatcherSensorsArgs(dg.Resolvable):
             out["default_status"] = dg.DefaultSensorStatus(self.default_status.upper())
         if self.heartbeat_timeout is not None:
             out["heartbeat_timeout"] = self.heartbeat_timeout
+        if self.idle_status is not None:
+            out["idle_status"] = dg.DefaultSensorStatus(self.idle_status.upper())
         return out
 
 

@@ -129,6 +129,7 @@ def build_watcher_sensors(
     default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     per_model: bool = True,
+    idle_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
 ) -> list[SensorDefinition]:
     """One consumer sensor per dbt model/seed/snapshot asset of a :func:`dbt_watcher_assets` definition
     (or, with ``per_model=False``, one sensor for the whole producer).
@@ -145,11 +146,19 @@ def build_watcher_sensors(
         heartbeat_timeout: seconds without a producer heartbeat after which a STARTED run is dead,
             whatever host it runs on: it is marked failed and its unreported nodes retried.
         per_model: ``True`` (default): a sensor per model (``watch_<model>``), each with its own ticks,
-            cursor and skip reason in the UI. ``False``: ONE sensor, the producer's coordinator, also
-            launches every model's downstream jobs: the daemon pays one tick per interval instead of
-            one per model (for projects of thousands of models; see README "Consumers and retries").
+            cursor and skip reason in the UI; those of models with downstream jobs run (see
+            ``idle_status``). ``False``: ONE sensor, the producer's coordinator, also launches every
+            model's downstream jobs: the daemon pays one tick per interval instead of one per model
+            with consumers (see README "Consumers and retries").
             Same launches and retries either way; downstream jobs must then be job definitions or
             asset selections (not names).
+        idle_status: the default status of the per-model sensors of models with no downstream job,
+            when there is a retry coordinator. Such a sensor launches nothing (the coordinator decides
+            retries and ends dead runs); it only shows the model's state in its skip reason, and each
+            running one costs the daemon a tick record per interval. So they are declared ``STOPPED``:
+            start one in the UI to follow that model tick by tick, or pass ``RUNNING`` for all. Never
+            more than ``default_status``. Without a retry policy there is no coordinator and every
+            sensor runs with ``default_status`` (each ends its own dead runs).
 
     With a retry policy, the first sensor is the producer's retry coordinator
     (``contract.retry_sensor_name``): it decides each failed run's retry batch once, never while a
@@ -165,7 +174,9 @@ def build_watcher_sensors(
 
         sensors = build_watcher_sensors(my_dbt, downstream={"customers": crm_sync_job})
         defs = Definitions(assets=[my_dbt], sensors=sensors, jobs=[crm_sync_job], ...)
-        # 5,000 models: one sensor tick per interval instead of 5,001
+        # the daemon ticks watch_customers and the coordinator; the other watch_* sensors are
+        # declared STOPPED (idle_status=DefaultSensorStatus.RUNNING runs them all)
+        # one sensor tick per interval, whatever the number of models with consumers:
         sensors = build_watcher_sensors(my_dbt, downstream={"customers": crm_sync_job}, per_model=False)
     """
     with paused_gc():
@@ -177,6 +188,7 @@ def build_watcher_sensors(
             default_status=default_status,
             heartbeat_timeout=heartbeat_timeout,
             per_model=per_model,
+            idle_status=idle_status,
         )
 
 
@@ -189,6 +201,7 @@ def _build_sensors(
     default_status: DefaultSensorStatus,
     heartbeat_timeout: float,
     per_model: bool = True,
+    idle_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
 ) -> list[SensorDefinition]:
     attached, downstream_jobs = _resolve_downstream(assets, downstream)
     retry_job = define_asset_job(
@@ -247,6 +260,12 @@ def _build_sensors(
             )
         ]
     shared = SharedReads(watched_keys)
+    # A model's sensor that launches nothing only repeats the coordinator's decisions in its skip reason.
+    idle = (
+        DefaultSensorStatus.STOPPED
+        if retry_policy is not None and DefaultSensorStatus.STOPPED in (default_status, idle_status)
+        else default_status
+    )
     sensors = []
     if retry_policy is not None:
         # First, so that in one round the dead runs it ends are seen ended by every per-model sensor.
@@ -267,7 +286,7 @@ def _build_sensors(
             ),
             jobs=jobs,
             minimum_interval_seconds=minimum_interval_seconds,
-            default_status=default_status,
+            default_status=default_status if one.downstream_jobs else idle,
             description=f"dagster-watcher consumer of {key.to_user_string()} ({one.unique_id}).",
         )
         sensors.append(sensor)

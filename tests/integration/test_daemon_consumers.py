@@ -14,6 +14,8 @@ Everything is driven and read through GraphQL; nothing evaluates a sensor but th
 3. After the producer run ended (not before), the daemon launched exactly ONE run of
    ``shop_dbt_assets__watcher_retry`` tagged ``dagster_watcher/retry_of=<producer>``, selecting
    exactly stg_payments, orders and daily_revenue, and it SUCCEEDED; more sensor ticks launch nothing.
+   The daemon runs only the sensors that launch something (the coordinator, ``watch_customers``);
+   the other models' sensors are declared stopped (``idle_status``).
 4. Every model's latest materialization is present (the three from the retry run, the rest from the
    producer), and the flaky model ran exactly twice (two attempt files).
 """
@@ -60,7 +62,9 @@ RETRIED_CHECKS = {
     "accepted_values_orders_status__placed__shipped__completed__returned__return_pending",
     "assert_order_amounts_non_negative",
 }
-#: After the retry ended, wait for this many more ticks of each sensor of the batch.
+#: The one model with a downstream job (customer_report_job): the only model sensor the daemon ticks.
+WATCHED = "watch_customers"
+#: After the retry ended, wait for this many more ticks of each running sensor.
 EXTRA_TICKS = 2
 #: The producer's run config: the in-process executor (one process per run instead of a run worker
 #: plus a step subprocess that loads the definitions again: ~15 s less per run on 2 cores). The
@@ -136,7 +140,7 @@ def daemon_retry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonRet
         seconds["dagster dev ready"] = time.monotonic() - started
         sensors_before = client.sensors()
         # The daemon is evaluating the sensors before anything runs (nothing planned yet).
-        first_ticks = wait_for_ticks(client, ["watch_" + FAILING], after=0, count=1, timeout=120)["watch_" + FAILING]
+        first_ticks = wait_for_ticks(client, [WATCHED], after=0, count=1, timeout=120)[WATCHED]
 
         producer_id = client.launch_run(run_config=PRODUCER_RUN_CONFIG)
         client.wait_for_run(producer_id, timeout=300)
@@ -147,9 +151,8 @@ def daemon_retry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonRet
         retry = client.wait_for_run(retry_id, timeout=300)
         seconds["retry ended"] = time.monotonic() - started
 
-        # More daemon ticks of every sensor of the batch, after the retry ended: none may launch again.
-        batch_sensors = sorted("watch_" + name for name in RETRIED)
-        ticks_after = wait_for_ticks(client, batch_sensors, after=float(retry["endTime"]), count=EXTRA_TICKS)
+        # More daemon ticks of every running sensor, after the retry ended: none may launch again.
+        ticks_after = wait_for_ticks(client, [LEADER_SENSOR, WATCHED], after=float(retry["endTime"]), count=EXTRA_TICKS)
         client.wait_until_idle(timeout=120)  # the consumer job's run, if still going
         seconds["extra ticks seen"] = time.monotonic() - started
 
@@ -191,11 +194,13 @@ def asset_names(events: list[dict[str, Any]], *types: str) -> list[str]:
 
 
 def test_sensors_run_in_the_daemon(daemon_retry: DaemonRetry) -> None:
-    """One running consumer sensor per dbt asset, evaluated by the daemon from the start."""
+    """One consumer sensor per dbt asset; the daemon runs from the start those that launch something
+    (the coordinator, the sensor of the model with a downstream job), the others are declared stopped."""
     sensors = {s["name"]: s["sensorState"]["status"] for s in daemon_retry.sensors_before}
     # The example's second, daily-partitioned producer (README "Partitions") has its own two.
-    daily = {"watch_orders_daily": "RUNNING", "watcher_retries_shop_orders_daily": "RUNNING"}
-    assert sensors == {f"watch_{name}": "RUNNING" for name in DBT_ASSETS} | {LEADER_SENSOR: "RUNNING"} | daily
+    daily = {"watch_orders_daily": "STOPPED", "watcher_retries_shop_orders_daily": "RUNNING"}
+    per_model = {f"watch_{name}": "STOPPED" for name in DBT_ASSETS} | {WATCHED: "RUNNING"}
+    assert sensors == per_model | {LEADER_SENSOR: "RUNNING"} | daily
     assert daemon_retry.first_ticks, "the daemon never evaluated a consumer sensor"
     assert any("no run has planned it yet" in (t["skipReason"] or "") for t in daemon_retry.first_ticks), (
         daemon_retry.first_ticks
@@ -230,7 +235,7 @@ def test_daemon_launched_one_retry_after_the_producer_ended(daemon_retry: Daemon
     d = daemon_retry
     producer_id, retry_id = d.producer["runId"], d.retry["runId"]
     # Exactly one re-materialization run, of this producer run, even after more ticks of every
-    # sensor of the batch.
+    # running sensor.
     assert run_ids(d.retry_runs) == [retry_id]
     assert run_ids(d.retry_job_runs) == [retry_id]
     assert all(len(t) >= EXTRA_TICKS for t in d.ticks_after_retry.values())

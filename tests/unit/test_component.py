@@ -44,7 +44,7 @@ ATTRIBUTES = """
 invocation_mode: subprocess
 threads: 3
 retry_policy: {max_retries: 4, delay_seconds: 30, backoff: 2, non_retryable: ["permission denied"]}
-sensors: {minimum_interval_seconds: 45, default_status: stopped, heartbeat_timeout: 300}
+sensors: {minimum_interval_seconds: 45, default_status: stopped, heartbeat_timeout: 300, idle_status: running}
 downstream:
   customers: [crm_sync_job, "key:orders"]
 schedule: {cron_schedule: "0 5 * * *", execution_timezone: "Europe/Berlin", default_status: running}
@@ -66,11 +66,12 @@ def test_yaml_attributes_reach_the_sensors_schedule_and_resource(shop_project: D
     assert seen["retry_policy"] == WatcherRetryPolicy(
         max_retries=4, delay_seconds=30, backoff=2, non_retryable=("permission denied",)
     )
-    assert (seen["minimum_interval_seconds"], seen["default_status"], seen["heartbeat_timeout"]) == (
-        45,
-        dg.DefaultSensorStatus.STOPPED,
-        300,
-    )
+    assert (
+        seen["minimum_interval_seconds"],
+        seen["default_status"],
+        seen["heartbeat_timeout"],
+        seen["idle_status"],
+    ) == (45, dg.DefaultSensorStatus.STOPPED, 300, dg.DefaultSensorStatus.RUNNING)
     watch = defs.get_sensor_def("watch_customers")
     assert watch.minimum_interval_seconds == 45 and watch.default_status == dg.DefaultSensorStatus.STOPPED
     assert {t.job_name for t in watch.targets} == {"shop__watcher_retry", "crm_sync_job", "customers__downstream"}
@@ -95,9 +96,29 @@ def test_defaults_match_the_python_functions(shop_project: DbtProject):
     assert component.watcher_retry_policy == WatcherRetryPolicy()
     defs = _defs(component)
     watch = defs.get_sensor_def("watch_orders")
-    assert watch.minimum_interval_seconds == 15 and watch.default_status == dg.DefaultSensorStatus.RUNNING
+    # No downstream job: declared stopped, like build_watcher_sensors' idle_status default.
+    assert watch.minimum_interval_seconds == 15 and watch.default_status == dg.DefaultSensorStatus.STOPPED
+    assert defs.get_sensor_def("watcher_retries_shop").default_status == dg.DefaultSensorStatus.RUNNING
     assert "nightly" in defs.get_repository_def().job_names
     assert not list(defs.schedules or [])
+
+
+def test_only_sensors_that_launch_something_run_by_default(shop_project: DbtProject):
+    """The daemon ticks the coordinator and the sensors of models with downstream jobs; the other
+    models' sensors exist (one per model) but are declared stopped, unless asked for."""
+
+    def statuses(attributes: str) -> dict[str, dg.DefaultSensorStatus]:
+        defs = _defs(_component(shop_project, f"downstream: {{customers: crm_sync_job}}\n{attributes}"), crm_sync_job)
+        return {s.name: s.default_status for s in defs.sensors or []}
+
+    running, stopped = dg.DefaultSensorStatus.RUNNING, dg.DefaultSensorStatus.STOPPED
+    default = statuses("")
+    assert {n for n, s in default.items() if s == running} == {"watch_customers", "watcher_retries_shop"}
+    assert len([n for n, s in default.items() if s == stopped]) >= 5 and "watch_orders" in default
+    assert set(statuses("sensors: {idle_status: running}").values()) == {running}
+    # No retry policy, no coordinator: each model's sensor ends its own dead runs, so all run.
+    assert set(statuses("retry_policy: null").values()) == {running}
+    assert set(statuses("sensors: {default_status: stopped, idle_status: running}").values()) == {stopped}
 
 
 def test_null_retry_policy_means_no_coordinator_and_null_sensors_no_sensors(shop_project: DbtProject):
