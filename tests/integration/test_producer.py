@@ -71,8 +71,13 @@ def test_materialization_metadata_names_the_dbt_node(mode: str, full_runs: dict[
     assert md["unique_id"].value == "model.shop.customers"
     assert md["dagster_watcher/dbt_status"].value == "success"
     assert md["dagster_watcher/execution_duration"].value > 0
-    assert "main" in md["dagster_watcher/relation_name"].value and "customers" in md["dagster_watcher/relation_name"].value
-    assert "select" in md["dagster_watcher/compiled_sql"].value.lower() and "{{" not in md["dagster_watcher/compiled_sql"].value
+    assert (
+        "main" in md["dagster_watcher/relation_name"].value and "customers" in md["dagster_watcher/relation_name"].value
+    )
+    assert (
+        "select" in md["dagster_watcher/compiled_sql"].value.lower()
+        and "{{" not in md["dagster_watcher/compiled_sql"].value
+    )
     invocation_ids = {m["invocation_id"].value for m in by_key.values()}
     assert len(invocation_ids) == 1, "every node comes from the same single dbt invocation"
 

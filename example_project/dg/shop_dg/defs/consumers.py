@@ -13,7 +13,9 @@ def customer_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     return dg.MaterializeResult(
         metadata={
             "upstream_run": dg.MetadataValue.text(latest.run_id if latest else ""),
-            "relation": dg.MetadataValue.text(str(md["dagster_watcher/relation_name"].value if "dagster_watcher/relation_name" in md else None)),
+            "relation": dg.MetadataValue.text(
+                str(md["dagster_watcher/relation_name"].value if "dagster_watcher/relation_name" in md else None)
+            ),
         }
     )
 
