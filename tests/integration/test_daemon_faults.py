@@ -106,9 +106,14 @@ class Faults:
             if "start" in r
         ]
 
-    def held(self) -> dict[str, Path]:
-        """The holds taken so far, by node (each a file to delete to let that execution go on)."""
-        return {p.name.removeprefix("held_").split(".")[0]: p for p in self.exec_dir.glob("held_*")}
+    def held(self) -> dict[tuple[str, str], Path]:
+        """The holds taken so far, by (node, dbt invocation): each a file to delete to let that
+        execution go on."""
+        found = {}
+        for path in self.exec_dir.glob("held_*"):
+            node, invocation = path.name.removeprefix("held_").split(".")
+            found[node, invocation] = path
+        return found
 
     def materialized_by(self, run_id: str) -> set[str]:
         return {
@@ -160,7 +165,7 @@ def start_and_kill(faults: Faults, held: set[str], finished: set[str], *, also_h
     then SIGKILL the run worker (and check no dbt process outlives it)."""
     client = faults.client
     producer_id = client.launch_run(run_config=PRODUCER_RUN_CONFIG)
-    wait_until(lambda: set(faults.held()) == held, f"{sorted(held)} to wait in their pre-hook")
+    wait_until(lambda: {node for node, _ in faults.held()} == held, f"{sorted(held)} to wait in their pre-hook")
     if also_hold_for_retry:
         for node in held:
             (faults.exec_dir / f"hold_{node}").touch()
@@ -228,3 +233,44 @@ def test_sigkill_of_the_producer_under_the_daemon_loses_nothing_and_builds_nothi
 
     retry_tags = {t["key"]: t["value"] for t in retry["tags"]}
     assert_executions(faults.executions(), killed, int(retry_tags[contract.DBT_PID_TAG]), killed.finished | held)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_daemon_stopped_and_started_again_mid_retry_launches_no_second_retry(
+    faults: Faults, stop_signal: signal.Signals
+) -> None:
+    """The producer is killed late; its retry waits in daily_revenue's pre-hook while the daemon is
+    stopped and started again. The new daemon's coordinator ticks while the retry is in progress and
+    after it ended: one retry run for the batch, every node materialized, none executed twice at once."""
+    held = {"daily_revenue"}
+    client = faults.client
+    faults.reset(held)
+    killed = start_and_kill(faults, held, DBT_ASSETS - held, also_hold_for_retry=True)
+    retry_id = client.wait_for_new_run(job=RETRY_JOB, tags={RETRY_OF: killed.producer_id}, timeout=180)
+    wait_until(lambda: len(faults.held()) == 2, "the retry's daily_revenue to wait in its pre-hook")
+    assert client.run(retry_id)["status"] == "STARTED"
+
+    faults.deployment.stop_daemon(stop_signal)
+    restarted = time.time()
+    faults.deployment.start_daemon()
+    # The new daemon's coordinator evaluates the batch while its retry is in progress: it asks for nothing.
+    ticks = wait_for_ticks(client, [LEADER_SENSOR], after=restarted, count=3, timeout=180)[LEADER_SENSOR]
+    assert [t["runIds"] for t in ticks if t["runIds"]] == [], ticks
+    assert client.run(retry_id)["status"] == "STARTED", "the retry run outlived the daemon"
+    assert [r["runId"] for r in client.runs(tags={RETRY_OF: killed.producer_id})] == [retry_id]
+
+    for path in faults.held().values():
+        path.unlink()  # let the retry's daily_revenue go on (the killed run's hold has no process left)
+    retry = client.wait_for_run(retry_id, timeout=300)
+    assert retry["status"] == "SUCCESS", retry
+    assert faults.materialized_by(retry_id) == held
+    wait_for_ticks(client, [LEADER_SENSOR], after=float(retry["endTime"]), count=2)
+    assert [r["runId"] for r in client.runs(tags={RETRY_OF: killed.producer_id})] == [retry_id], "one retry"
+    created = float(client.run(killed.producer_id)["creationTime"])
+    assert [r["runId"] for r in client.runs(job=RETRY_JOB) if float(r["creationTime"]) >= created] == [retry_id]
+    latest = {
+        name: (latest_materialization(n) or {}).get("runId") for name, n in dbt_nodes(client.asset_nodes()).items()
+    }
+    assert latest == {n: retry_id if n in held else killed.producer_id for n in DBT_ASSETS}
+    retry_tags = {t["key"]: t["value"] for t in retry["tags"]}
+    assert_executions(faults.executions(), killed, int(retry_tags[contract.DBT_PID_TAG]), DBT_ASSETS)

@@ -891,7 +891,8 @@ def running_split_deployment(
     startup_timeout: float = 240,
 ) -> Iterator[SplitDeployment]:
     """``dagster-webserver`` plus ``dagster-daemon run`` (SQLite instance in ``home``), each in its
-    own process group; ready when the webserver has loaded the code location and the daemon runs.
+    own process group; ready when the webserver has loaded the code location (the daemon is started
+    then: wait for its first sensor ticks before relying on it).
     ``env`` is added to the environment of both (and so of their code servers and run workers)."""
     home.mkdir(parents=True, exist_ok=True)
     write_dagster_yaml(home)
@@ -921,8 +922,10 @@ def running_split_deployment(
         )
     deployment = SplitDeployment(DagsterDev(f"http://127.0.0.1:{port}", home, log_path, process, full_env), workspace)
     try:
-        deployment.start_daemon()
+        # The webserver creates the instance's storage; a daemon starting at the same time would race
+        # it on the schema migrations of a fresh SQLite home ("more than one head present").
         _wait_until_loaded(deployment.webserver, location, startup_timeout)
+        deployment.start_daemon()
         yield deployment
     finally:
         if deployment.daemon is not None:
