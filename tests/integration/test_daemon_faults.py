@@ -32,7 +32,14 @@ import pytest
 
 from dagster_watcher import contract
 
-from ..support.deployment import REPO, SplitDeployment, _alive, key_str, running_split_deployment
+from ..support.deployment import (
+    REPO,
+    SplitDeployment,
+    _alive,
+    key_str,
+    running_split_deployment,
+    write_dagster_yaml,
+)
 from .test_daemon_consumers import LEADER_SENSOR, PRODUCER_RUN_CONFIG, RETRY_JOB, RETRY_OF, wait_for_ticks
 from .test_deployment import DBT_ASSETS, dbt_nodes, latest_materialization, staged_workspace
 
@@ -235,32 +242,67 @@ def test_sigkill_of_the_producer_under_the_daemon_loses_nothing_and_builds_nothi
     assert_executions(faults.executions(), killed, int(retry_tags[contract.DBT_PID_TAG]), killed.finished | held)
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+#: A run queue that never dequeues a retry (every retry run carries the attempt tag): while the daemon
+#: reads this config, a requested retry stays QUEUED.
+RETRIES_STAY_QUEUED = {"run_queue": {"tag_concurrency_limits": [{"key": contract.ATTEMPT_TAG, "limit": 0}]}}
+
+
+def restart_daemon(faults: Faults, stop_signal: signal.Signals, dagster_yaml: dict[str, Any] | None = None) -> float:
+    """Stop the daemon (if it runs) with ``stop_signal`` and start it again (with ``dagster_yaml``'s sections added to
+    the instance config, if given); return when it was started again."""
+    daemon = faults.deployment.daemon
+    if daemon is not None and daemon.poll() is None:
+        faults.deployment.stop_daemon(stop_signal)
+    if dagster_yaml is not None:
+        write_dagster_yaml(faults.deployment.webserver.home, extra=dagster_yaml)
+    restarted = time.time()
+    faults.deployment.start_daemon()
+    return restarted
+
+
+@pytest.mark.parametrize(
+    ("phase", "stop_signal"),
+    [("in_progress", signal.SIGTERM), ("in_progress", signal.SIGKILL), ("requested", signal.SIGKILL)],
+    ids=["in_progress-SIGTERM", "in_progress-SIGKILL", "requested-SIGKILL"],
+)
 def test_daemon_stopped_and_started_again_mid_retry_launches_no_second_retry(
-    faults: Faults, stop_signal: signal.Signals
+    faults: Faults, phase: str, stop_signal: signal.Signals
 ) -> None:
-    """The producer is killed late; its retry waits in daily_revenue's pre-hook while the daemon is
-    stopped and started again. The new daemon's coordinator ticks while the retry is in progress and
-    after it ended: one retry run for the batch, every node materialized, none executed twice at once."""
+    """The producer is killed late; the daemon is stopped and started again while its retry run waits:
+    in daily_revenue's pre-hook (in progress), or in the run queue (requested: the first daemon's
+    queue config dequeues no retry, the restarted daemon's does). The new daemon's coordinator ticks
+    while the retry is not finished and after it ended: one retry run for the batch, every node
+    materialized, no node executed twice at once."""
     held = {"daily_revenue"}
     client = faults.client
     faults.reset(held)
-    killed = start_and_kill(faults, held, DBT_ASSETS - held, also_hold_for_retry=True)
-    retry_id = client.wait_for_new_run(job=RETRY_JOB, tags={RETRY_OF: killed.producer_id}, timeout=180)
-    wait_until(lambda: len(faults.held()) == 2, "the retry's daily_revenue to wait in its pre-hook")
-    assert client.run(retry_id)["status"] == "STARTED"
+    if phase == "requested":
+        restart_daemon(faults, signal.SIGTERM, RETRIES_STAY_QUEUED)
+    try:
+        killed = start_and_kill(faults, held, DBT_ASSETS - held, also_hold_for_retry=phase == "in_progress")
+        retry_id = client.wait_for_new_run(job=RETRY_JOB, tags={RETRY_OF: killed.producer_id}, timeout=180)
+        if phase == "in_progress":
+            wait_until(lambda: len(faults.held()) == 2, "the retry's daily_revenue to wait in its pre-hook")
+            assert client.run(retry_id)["status"] == "STARTED"
+        else:
+            created = float(client.run(retry_id)["creationTime"])
+            wait_for_ticks(client, [LEADER_SENSOR], after=created + 1, count=2)
+            assert client.run(retry_id)["status"] == "QUEUED"
+            assert len(faults.executions()) == len(DBT_ASSETS), "the retry has executed nothing"
 
-    faults.deployment.stop_daemon(stop_signal)
-    restarted = time.time()
-    faults.deployment.start_daemon()
-    # The new daemon's coordinator evaluates the batch while its retry is in progress: it asks for nothing.
+        restarted = restart_daemon(faults, stop_signal, {} if phase == "requested" else None)
+    finally:
+        if phase == "requested" and "run_queue" in (faults.deployment.webserver.home / "dagster.yaml").read_text():
+            restart_daemon(faults, signal.SIGTERM, {})  # never leave the queue holding retries
+    # The new daemon's coordinator evaluates the batch while its retry is not finished: it asks for nothing.
     ticks = wait_for_ticks(client, [LEADER_SENSOR], after=restarted, count=3, timeout=180)[LEADER_SENSOR]
     assert [t["runIds"] for t in ticks if t["runIds"]] == [], ticks
-    assert client.run(retry_id)["status"] == "STARTED", "the retry run outlived the daemon"
     assert [r["runId"] for r in client.runs(tags={RETRY_OF: killed.producer_id})] == [retry_id]
+    if phase == "in_progress":
+        assert client.run(retry_id)["status"] == "STARTED", "the retry run outlived the daemon"
+        for path in faults.held().values():
+            path.unlink()  # let the retry's daily_revenue go on (the killed run's hold has no process left)
 
-    for path in faults.held().values():
-        path.unlink()  # let the retry's daily_revenue go on (the killed run's hold has no process left)
     retry = client.wait_for_run(retry_id, timeout=300)
     assert retry["status"] == "SUCCESS", retry
     assert faults.materialized_by(retry_id) == held
