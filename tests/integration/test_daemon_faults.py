@@ -96,6 +96,8 @@ class Faults:
 
     def reset(self, held: set[str]) -> None:
         """Before a test: nothing running, no records, a hold on each node of ``held``."""
+        for path in self.held().values():
+            path.unlink()  # an execution a failed test left waiting goes on, so its run can end
         self.client.wait_until_idle(timeout=180)
         for path in self.exec_dir.iterdir():
             path.unlink()
