@@ -10,8 +10,11 @@ Rows covered elsewhere (not repeated here):
 * producer SIGKILLed mid-build: ``test_consumers.test_sigkill_of_the_producer_mid_build`` and
   ``test_production_producer.test_sigkill_of_the_step_process_leaves_no_dbt_building``
 * run terminated mid-build: ``test_production_producer.test_terminated_run_records_every_unreported_node_as_lost_run_terminated``
+* producer SIGKILLed early / mid / late under the real daemon, dbt executions counted per node across
+  the killed run and its retry: ``test_daemon_faults.test_sigkill_of_the_producer_under_the_daemon_loses_nothing_and_builds_nothing_twice``
 * producer killed on another host: ``test_production_consumers``
-* daemon restarts: ``test_daemon_consumers``
+* daemon stopped (SIGTERM / SIGKILL) and started again mid-retry:
+  ``test_daemon_faults.test_daemon_stopped_and_started_again_mid_retry_launches_no_second_retry``
 """
 
 from __future__ import annotations

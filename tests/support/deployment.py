@@ -830,6 +830,109 @@ def running_dagster_dev(
         stop_process_tree(process, first_signal=signal.SIGINT, grace=30, env_marker=f"DAGSTER_HOME={home}")
 
 
+@dataclass
+class SplitDeployment:
+    """A webserver and a separately started ``dagster-daemon run`` over one DAGSTER_HOME (what
+    ``dagster dev`` runs as one process tree, split so that the daemon alone can be stopped and
+    started again while the webserver, the runs and their code servers go on)."""
+
+    webserver: DagsterDev
+    workspace: Path
+    daemon: subprocess.Popen[Any] | None = None
+    daemon_starts: int = 0
+
+    @property
+    def graphql(self) -> GraphQLClient:
+        return self.webserver.graphql
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.webserver.env
+
+    def start_daemon(self) -> subprocess.Popen[Any]:
+        assert self.daemon is None or self.daemon.poll() is not None, "the daemon is running"
+        self.daemon_starts += 1
+        log_path = self.webserver.home / f"dagster-daemon-{self.daemon_starts}.log"
+        with open(log_path, "wb") as log:
+            self.daemon = subprocess.Popen(
+                [str(VENV_BIN / "dagster-daemon"), "run", "-w", str(self.workspace)],
+                cwd=str(self.workspace.parent),
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_default_sigint,
+            )
+        return self.daemon
+
+    def stop_daemon(self, sig: int, timeout: float = 60) -> None:
+        """Send ``sig`` to the daemon process only (its code server and the runs it launched are left
+        to themselves, as when a daemon pod dies) and wait until it has exited."""
+        assert self.daemon is not None and self.daemon.poll() is None, "the daemon is not running"
+        self.daemon.send_signal(sig)
+        self.daemon.wait(timeout=timeout)
+
+    def daemon_log_tail(self, chars: int = 6000) -> str:
+        path = self.webserver.home / f"dagster-daemon-{self.daemon_starts}.log"
+        try:
+            return path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+@contextlib.contextmanager
+def running_split_deployment(
+    home: Path,
+    *,
+    workspace: Path = WORKSPACE,
+    env: Mapping[str, str] | None = None,
+    location: str = LOCATION,
+    startup_timeout: float = 240,
+) -> Iterator[SplitDeployment]:
+    """``dagster-webserver`` plus ``dagster-daemon run`` (SQLite instance in ``home``), each in its
+    own process group; ready when the webserver has loaded the code location (the daemon is started
+    then: wait for its first sensor ticks before relying on it).
+    ``env`` is added to the environment of both (and so of their code servers and run workers)."""
+    home.mkdir(parents=True, exist_ok=True)
+    write_dagster_yaml(home)
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_WATCHER_DUCKDB_PATH": str(home / "shop.duckdb"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    for key in ("DAGSTER_WATCHER_DBT_VARS", "DAGSTER_WATCHER_INVOCATION_MODE"):
+        if key not in (env or {}):
+            full_env.pop(key, None)
+    log_path = home / "dagster-webserver.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
+            cwd=str(workspace.parent),
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
+    deployment = SplitDeployment(DagsterDev(f"http://127.0.0.1:{port}", home, log_path, process, full_env), workspace)
+    try:
+        # The webserver creates the instance's storage; a daemon starting at the same time would race
+        # it on the schema migrations of a fresh SQLite home ("more than one head present").
+        _wait_until_loaded(deployment.webserver, location, startup_timeout)
+        deployment.start_daemon()
+        yield deployment
+    finally:
+        if deployment.daemon is not None:
+            stop_process_tree(deployment.daemon, first_signal=signal.SIGTERM, grace=20)
+        stop_process_tree(process, first_signal=signal.SIGINT, grace=20, env_marker=f"DAGSTER_HOME={home}")
+
+
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
