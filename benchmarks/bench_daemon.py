@@ -138,7 +138,7 @@ def _dagster_yaml(config: Config, postgres: Any, db: str | None, num_workers: in
             "config": {"max_concurrent_runs": 0},
         },
     }
-    if postgres is not None:
+    if config.instance == "postgres":
         storage = postgres.dagster_storage()
         storage["postgres"]["postgres_db"]["db_name"] = db
         out["storage"] = storage
