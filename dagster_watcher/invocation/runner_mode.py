@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .._compat import dbt_manifest_from_json, release_adapter_handles, run_own_finalizers
+from .._gc import freeze_inherited_heap
 from .._process import die_with_parent_in_forked_child
 from .._text import describe_exception
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
@@ -147,6 +148,7 @@ class RunnerInvocation(DbtInvocation):
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            freeze_inherited_heap()
             die_with_parent_in_forked_child(parent)
             os.close(read_fd)
             self._run_child(manifest, write_fd)
