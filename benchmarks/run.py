@@ -60,9 +60,15 @@ VARIANTS: dict[str, str] = {
     # The cost of runtime metadata (opt-in: `--variants watcher-runner,watcher-runner-fetch,...`).
     "watcher-runner-fetch": "`watcher-runner` with fetch_row_counts=True, fetch_column_metadata=True",
     "dagster-dbt-fetch": "`dagster-dbt` with `.stream().fetch_row_counts().fetch_column_metadata()`",
+    # Before/after in one run (needs --before-code).
+    "watcher-runner-before": "`watcher-runner` with the dagster_watcher of --before-code",
+    "watcher-subprocess-before": "`watcher-subprocess` with the dagster_watcher of --before-code",
 }
 FETCH_VARIANTS = {"watcher-runner-fetch", "dagster-dbt-fetch"}
-DEFAULT_VARIANTS = [v for v in VARIANTS if v != "dagster-dbt-cli" and v not in FETCH_VARIANTS]
+BEFORE_VARIANTS = {"watcher-runner-before", "watcher-subprocess-before"}
+DEFAULT_VARIANTS = [
+    v for v in VARIANTS if v != "dagster-dbt-cli" and v not in FETCH_VARIANTS and v not in BEFORE_VARIANTS
+]
 SMOKE_VARIANTS = ["dbt-cli", "watcher-runner"]
 DAGSTER_VARIANTS = {
     "dagster-dbt",
@@ -72,6 +78,7 @@ DAGSTER_VARIANTS = {
     "watcher-subprocess-cli",
     "dagster-dbt-cli",
     *FETCH_VARIANTS,
+    *BEFORE_VARIANTS,
 }
 
 
@@ -452,12 +459,15 @@ def run_variant(bench: Bench, variant: str, threads: int, rep: int, opts: argpar
     sample = Sample(variant, threads, rep, float("nan"), False)
     if variant == "dbt-cli":
         m = run_process([BIN / "dbt", "build", *bench.dbt_args(threads)], env=env, cwd=bench.project_dir, log=log)
-    elif variant in ("dagster-dbt", "watcher-runner", "watcher-subprocess", *FETCH_VARIANTS):
+    elif variant in ("dagster-dbt", "watcher-runner", "watcher-subprocess", *FETCH_VARIANTS, *BEFORE_VARIANTS):
         fetch = variant in FETCH_VARIANTS
-        base = variant.removesuffix("-fetch")
+        base = variant.removesuffix("-fetch").removesuffix("-before")
         kind = "dagster-dbt" if base == "dagster-dbt" else "watcher"
         mode = base.split("-", 1)[1] if kind == "watcher" else ""
         dagster_env = _dagster_env(env, kind, mode, threads, fetch=fetch)
+        if variant in BEFORE_VARIANTS:
+            # The other checkout's dagster_watcher comes first on the worker's path (its dbt child too).
+            dagster_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(opts.before_code), env.get("PYTHONPATH")) if p)
         m = run_process([PY, WORKER, "materialize"], env=dagster_env, cwd=REPO, log=log)
     elif variant in ("watcher-runner-cli", "watcher-subprocess-cli", "dagster-dbt-cli"):
         kind = "dagster-dbt" if variant.startswith("dagster-dbt") else "watcher"
@@ -912,6 +922,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="put each run's DAGSTER_HOME (SQLite) under this dir, e.g. /dev/shm (default: the run dir, on disk)",
     )
     p.add_argument("--keep-runs", action="store_true", help="keep each run's dbt target and Dagster home")
+    p.add_argument(
+        "--before-code",
+        type=Path,
+        default=None,
+        help="a checkout whose dagster_watcher the *-before variants run (e.g. `git worktree add /tmp/before main`)",
+    )
     args = p.parse_args(argv)
     args.out_dir = args.out_dir.absolute()
     if args.work_dir is not None:
@@ -925,7 +941,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.variants == "default":
         args.variant_list = list(DEFAULT_VARIANTS)
     elif args.variants == "all":
-        args.variant_list = list(VARIANTS)
+        args.variant_list = [v for v in VARIANTS if args.before_code is not None or v not in BEFORE_VARIANTS]
     elif args.variants == "none":
         args.variant_list = []
     else:
@@ -933,6 +949,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         unknown = [v for v in args.variant_list if v not in VARIANTS]
         if unknown:
             p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if args.before_code is not None:
+        args.before_code = args.before_code.absolute()
+        if not (args.before_code / "dagster_watcher").is_dir():
+            p.error(f"--before-code {args.before_code} holds no dagster_watcher package")
+    elif BEFORE_VARIANTS & set(args.variant_list):
+        p.error("the *-before variants need --before-code")
     return args
 
 

@@ -1,4 +1,5 @@
-"""Definition-time memory: no garbage collection while thousands of long-lived objects are built."""
+"""Garbage collection around the watcher's large, long-lived heaps: the definitions built at load
+time, and the copy of them a forked dbt child inherits."""
 
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def paused_gc() -> Iterator[None]:
             gc.unfreeze()
         if was_enabled:
             gc.enable()
+
+
+def freeze_inherited_heap() -> None:
+    """In a forked child: leave everything inherited from the parent out of garbage collection.
+
+    The child inherits the whole step process (Dagster, the definitions, the manifest twice: as JSON
+    and as dbt's objects) and only runs dbt. Every full collection in it would scan all of that while
+    dbt's worker threads wait on the interpreter lock, delaying the events they are about to send,
+    and would write to every inherited object, copying the memory it shares with the parent. What
+    dbt allocates afterwards is still collected as usual."""
+    gc.freeze()

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .._compat import dbt_manifest_from_json, release_adapter_handles, run_own_finalizers
-from .._process import die_with_parent_in_forked_child
+from .._gc import freeze_inherited_heap
+from .._process import die_with_parent_in_forked_child, yield_cpu_to_parent
 from .._text import describe_exception
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import DbtDidNotComplete, ManifestPreparationError
@@ -147,6 +148,8 @@ class RunnerInvocation(DbtInvocation):
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            freeze_inherited_heap()
+            yield_cpu_to_parent()  # before dbt starts its threads: they inherit it
             die_with_parent_in_forked_child(parent)
             os.close(read_fd)
             self._run_child(manifest, write_fd)

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .._process import preexec_die_with_parent
+from .._process import preexec_dbt_process
 from ..dbt_normalizer import WANTED_EVENTS, RawDbtEvent
 from ..errors import WatcherConfigError
 from ._fetch import FACTS_PREFIX, PLAN_ENV, RUNTIME_METADATA_EVENT, FetchPlan
@@ -77,8 +77,9 @@ class SubprocessInvocation(DbtInvocation):
                 bufsize=0,
                 cwd=self.cwd,
                 env=env,
-                # dbt dies with this process (an OOM-killed step must not leave a dbt building).
-                preexec_fn=preexec_die_with_parent(os.getpid()),
+                # dbt dies with this process (an OOM-killed step must not leave a dbt building), and
+                # lets this process's writer run first.
+                preexec_fn=preexec_dbt_process(os.getpid()),
             )
         except FileNotFoundError as exc:
             raise WatcherConfigError(

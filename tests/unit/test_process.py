@@ -62,3 +62,16 @@ def test_read_lines_yields_none_while_the_writer_is_quiet() -> None:
     os.close(write_fd)
     assert list(lines) == []
     os.close(read_fd)
+
+
+def test_a_dbt_process_runs_a_few_nice_steps_below_its_parent() -> None:
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports its niceness
+        _process.yield_cpu_to_parent()
+        os.write(write_fd, f"{os.nice(0)}\n".encode())
+        os._exit(0)
+    os.close(write_fd)
+    os.waitpid(child, 0)
+    assert int(os.read(read_fd, 64).decode()) == min(19, os.nice(0) + _process.DBT_NICE_INCREMENT)
+    os.close(read_fd)
