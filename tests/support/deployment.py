@@ -773,6 +773,28 @@ def write_dagster_yaml(
     return path
 
 
+def deployment_env(
+    home: Path, env: Mapping[str, str] | None = None, postgres: PostgresServer | None = None
+) -> dict[str, str]:
+    """The environment of a deployment's processes (and so of their code servers and run workers):
+    ``home`` as DAGSTER_HOME, the example's DuckDB file in it, then ``env``."""
+    full_env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_WATCHER_DUCKDB_PATH": str(home / "shop.duckdb"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    if postgres is not None:
+        full_env["DAGSTER_PG_PASSWORD"] = postgres.password
+    # Never let a developer's settings leak in: these would change what the definitions load.
+    for key in ("DAGSTER_WATCHER_DBT_VARS", "DAGSTER_WATCHER_INVOCATION_MODE"):
+        if key not in (env or {}):
+            full_env.pop(key, None)
+    return full_env
+
+
 @contextlib.contextmanager
 def running_dagster_dev(
     home: Path,
@@ -793,20 +815,7 @@ def running_dagster_dev(
     home.mkdir(parents=True, exist_ok=True)
     write_dagster_yaml(home, postgres, dagster_yaml)
     port = free_port()
-    full_env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_WATCHER_DUCKDB_PATH": str(home / "shop.duckdb"),
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-        "PYTHONUNBUFFERED": "1",
-        **(env or {}),
-    }
-    if postgres is not None:
-        full_env["DAGSTER_PG_PASSWORD"] = postgres.password
-    # Never let a developer's settings leak in: these would change what the definitions load.
-    for key in ("DAGSTER_WATCHER_DBT_VARS", "DAGSTER_WATCHER_INVOCATION_MODE"):
-        if key not in (env or {}):
-            full_env.pop(key, None)
+    full_env = deployment_env(home, env, postgres)
     log_path = home / "dagster-dev.log"
     dagster = VENV_BIN / "dagster"
     with open(log_path, "wb") as log:
@@ -897,17 +906,7 @@ def running_split_deployment(
     home.mkdir(parents=True, exist_ok=True)
     write_dagster_yaml(home)
     port = free_port()
-    full_env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_WATCHER_DUCKDB_PATH": str(home / "shop.duckdb"),
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-        "PYTHONUNBUFFERED": "1",
-        **(env or {}),
-    }
-    for key in ("DAGSTER_WATCHER_DBT_VARS", "DAGSTER_WATCHER_INVOCATION_MODE"):
-        if key not in (env or {}):
-            full_env.pop(key, None)
+    full_env = deployment_env(home, env)
     log_path = home / "dagster-webserver.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
