@@ -28,9 +28,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,6 +63,7 @@ from dagster_watcher.project import prepare_manifest
 
 from ..support.bigquery import server as bigquery_server
 from ..support.bigquery.server import jobs_with_prefix, node_jobs, rows
+from ..support.waiting import wait_for
 
 pytestmark = pytest.mark.bigquery
 
@@ -177,16 +177,6 @@ def check_results(instance: DagsterInstance, run_id: str) -> dict[AssetCheckKey,
         r.dagster_event.event_specific_data.asset_check_key: r.dagster_event.event_specific_data  # type: ignore[union-attr]
         for r in records(instance, run_id, DagsterEventType.ASSET_CHECK_EVALUATION)
     }
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def seed_rows(name: str) -> list[dict[str, str]]:
@@ -581,7 +571,7 @@ def test_retried_step_reattaches_and_reruns_only_what_failed(
             jobs = [j for j in bq_client.list_jobs(all_users=True, max_results=100000) if j.job_id not in earlier]
             return any(j.state == "DONE" and j.error_result for j in node_jobs(jobs, flaky))
 
-        wait_for(failed, 240, "flaky's first job to fail", interval=0.2)
+        wait_for(failed, 240, "flaky's first job to fail")
         bq_client.query(
             f"create table `test-proj.{dataset}.missing_for_flaky` as select 1 as fixed", job_retry=None
         ).result()

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from dagster_watcher.consumers._reads import SNAPSHOT_REFRESH_SECONDS
 from dagster_watcher.contract import ATTEMPT_TAG, RETRY_OF_TAG, retry_sensor_name
 
 from ..support import EXAMPLE, REPO, Sensors, run_watcher
+from ..support.waiting import wait_for
 
 ALL_ASSETS = {
     AssetKey(k)
@@ -99,16 +99,6 @@ def start_producer(tmp_path: Path, dbt_vars: dict[str, Any] | None = None, threa
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def instance_at(tmp_path: Path) -> DagsterInstance:

@@ -23,7 +23,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from ..support.deployment import (
     running_split_deployment,
     write_dagster_yaml,
 )
+from ..support.waiting import wait_for
 from .test_daemon_consumers import LEADER_SENSOR, PRODUCER_RUN_CONFIG, RETRY_JOB, RETRY_OF, wait_for_ticks
 from .test_deployment import DBT_ASSETS, dbt_nodes, latest_materialization, staged_workspace
 
@@ -149,17 +150,6 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faults]:
         yield Faults(deployment, exec_dir)
 
 
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 @dataclass
 class Killed:
     producer_id: str
@@ -174,17 +164,17 @@ def start_and_kill(faults: Faults, held: set[str], finished: set[str], *, also_h
     then SIGKILL the run worker (and check no dbt process outlives it)."""
     client = faults.client
     producer_id = client.launch_run(run_config=PRODUCER_RUN_CONFIG)
-    wait_until(lambda: {node for node, _ in faults.held()} == held, f"{sorted(held)} to wait in their pre-hook")
+    wait_for(lambda: {node for node, _ in faults.held()} == held, 180, f"{sorted(held)} to wait in their pre-hook")
     if also_hold_for_retry:
         for node in held:
             (faults.exec_dir / f"hold_{node}").touch()
-    wait_until(lambda: faults.materialized_by(producer_id) >= finished, f"{sorted(finished)} to be materialized")
+    wait_for(lambda: faults.materialized_by(producer_id) >= finished, 180, f"{sorted(finished)} to be materialized")
     tags = {t["key"]: t["value"] for t in client.run(producer_id)["tags"]}
     worker_pid, dbt_pid = int(tags[contract.PID_TAG]), int(tags[contract.DBT_PID_TAG])
     assert _alive(worker_pid) and _alive(dbt_pid)
     assert {e.pid for e in faults.executions()} == {dbt_pid}, "the run's dbt process executes its nodes"
     os.kill(worker_pid, signal.SIGKILL)  # an OOM kill of the run worker: no chance to clean up
-    wait_until(lambda: not _alive(worker_pid) and not _alive(dbt_pid), "the run worker and its dbt to be gone", 15)
+    wait_for(lambda: not _alive(worker_pid) and not _alive(dbt_pid), 15, "the run worker and its dbt to be gone")
     dead_at = time.time()
     materialized = faults.materialized_by(producer_id)
     assert materialized == finished, "the kill came where the test put it"
@@ -284,7 +274,7 @@ def test_daemon_stopped_and_started_again_mid_retry_launches_no_second_retry(
         killed = start_and_kill(faults, held, DBT_ASSETS - held, also_hold_for_retry=phase == "in_progress")
         retry_id = client.wait_for_new_run(job=RETRY_JOB, tags={RETRY_OF: killed.producer_id}, timeout=180)
         if phase == "in_progress":
-            wait_until(lambda: len(faults.held()) == 2, "the retry's daily_revenue to wait in its pre-hook")
+            wait_for(lambda: len(faults.held()) == 2, 180, "the retry's daily_revenue to wait in its pre-hook")
             assert client.run(retry_id)["status"] == "STARTED"
         else:
             created = float(client.run(retry_id)["creationTime"])
